@@ -1,0 +1,3 @@
+"""gemma-operator: serve Gemma models with vLLM on Kubernetes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""`python -m gemma_operator`: run the operator for all namespaces or the ones given."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+import kopf
+
+from . import handlers, httpserver, kube
+from .leader import LeaderElector
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("gemma_operator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gemma-operator", description=__doc__)
+    p.add_argument("--namespace", "-n", action="append", default=[],
+                   help="watch only this namespace (repeatable); default: all namespaces")
+    p.add_argument("--http-port", type=int, default=int(os.environ.get("GEMMA_HTTP_PORT", "8080")),
+                   help="port of /healthz and /metrics (default 8080)")
+    p.add_argument("--leader-election", action="store_true",
+                   default=os.environ.get("GEMMA_LEADER_ELECTION", "") == "true",
+                   help="act only while holding a Lease (for more than one replica)")
+    p.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    p.add_argument("--leader-election-id", default="gemma-operator-leader")
+    p.add_argument("--workers", type=int, default=None, help="concurrent reconcile passes (default 8)")
+    p.add_argument("--log-level", default=os.environ.get("GEMMA_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> None:
+    settings = Settings(**({"workers": args.workers} if args.workers else {}))
+    client = kube.KubeClient(kube.login())
+    await httpserver.start(args.http_port)
+    tasks: list[asyncio.Task[None]] = []
+    if args.leader_election:
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(client, args.leader_election_namespace, args.leader_election_id, identity)
+        await elector.acquire()
+        tasks.append(asyncio.create_task(elector.keep(), name="leader-lease"))
+    runtime = Runtime(client, settings)
+    tasks += runtime.start_workers()
+    operator = asyncio.create_task(kopf.operator(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        memo=kopf.Memo(runtime=runtime),
+        standalone=True,
+    ), name="kopf")
+    tasks.append(operator)
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()  # re-raise LeadershipLost or a crash so the process exits non-zero
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    assert handlers  # imported for its kopf registrations
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        pass
+    except Exception as err:  # noqa: BLE001
+        log.error("operator stopped: %s", err)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

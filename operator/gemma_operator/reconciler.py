@@ -1,0 +1,190 @@
+"""One reconcile pass of a GemmaDeployment: desired children from the builders, applied only where the
+cluster differs; status from the pure status function, written only when it changed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import builders, status, transitions
+from .events import Recorder, now
+from .kube import ApiError, KubeClient
+from .settings import Settings
+from .spec import KIND, GemmaDeployment
+from .store import Store
+
+log = logging.getLogger(__name__)
+Manifest = dict[str, Any]
+Key = tuple[str, str]
+
+
+class ForeignObjectError(Exception):
+    """A child's name is taken by an object the operator did not create; it is never taken over."""
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """True when every field the operator sets already has that value (the server adds defaults)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and is_subset(v, actual[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(actual, list) and len(desired) == len(actual) and all(
+            is_subset(d, a) for d, a in zip(desired, actual)
+        )
+    return bool(desired == actual)
+
+
+def is_ours(obj: Manifest, gd: GemmaDeployment) -> bool:
+    meta = obj.get("metadata") or {}
+    if any(ref.get("uid") == gd.uid for ref in meta.get("ownerReferences") or []):
+        return True
+    obj_labels = meta.get("labels") or {}
+    # A cache kept from an earlier GemmaDeployment of the same name (retainOnDelete) carries our labels.
+    return bool(
+        obj_labels.get(builders.MANAGED_BY_LABEL) == builders.MANAGED_BY
+        and obj_labels.get(builders.INSTANCE_LABEL) == gd.name
+        and not meta.get("ownerReferences")
+    )
+
+
+def parse_progress(log_tail: str) -> status.Progress | None:
+    """The downloader's last progress line ({"event": "progress", "bytesDone", "bytesTotal"})."""
+    for line in reversed(log_tail.strip().splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "bytesTotal" in record:
+            return status.Progress(int(record.get("bytesDone") or 0), int(record["bytesTotal"]))
+    return None
+
+
+class Reconciler:
+    def __init__(self, client: KubeClient, store: Store, settings: Settings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.recorder = Recorder(client)
+        self._progress: dict[Key, status.Progress] = {}
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One pass; returns seconds after which to look again (a running download), or None."""
+        body = self.store.get(KIND, *key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self._progress.pop(key, None)
+            return None  # the children go with their owner through garbage collection
+        previous = dict(body.get("status") or {})
+        try:
+            gd = GemmaDeployment.from_body(body)
+        except ValidationError as err:
+            message = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            new = status.invalid_spec_status(int(body["metadata"].get("generation") or 0), message, previous, now())
+            await self._write_status(body, previous, new)
+            return None
+        observed = await self._converge(gd, previous)
+        new = status.compute_status(gd, observed, previous, now())
+        await self._write_status(body, previous, new)
+        if status.job_state(observed.job) in ("Running", "Pending") and not status.model_ready(gd, observed):
+            return self.settings.progress_interval_seconds
+        return None
+
+    async def _converge(self, gd: GemmaDeployment, previous: Manifest) -> status.Observed:
+        error = None
+        try:
+            await self._apply_children(gd, previous)
+        except ApiError as err:
+            error = f"the API server refused a child: {err.message}"
+        except ForeignObjectError as err:
+            error = str(err)
+        return await self._observe(gd, previous, error)
+
+    async def _apply_children(self, gd: GemmaDeployment, previous: Manifest) -> None:
+        pvc = builders.build_cache_pvc(gd)
+        if pvc is not None:
+            await self._ensure(gd, pvc)
+        job = builders.build_download_job(gd, self.settings)
+        if job is not None:
+            # A Job's template is immutable: it is created once; a new model gets a Job of a new name.
+            await self._ensure(gd, job, create_only=True)
+            await self._delete_stale_jobs(gd, job["metadata"]["name"])
+        await self._ensure(gd, builders.build_service(gd))
+        observed = await self._observe(gd, previous, None, read_progress=False)
+        if status.model_ready(gd, observed):
+            await self._ensure(gd, builders.build_server_deployment(gd, self.settings))
+
+    async def _ensure(self, gd: GemmaDeployment, desired: Manifest, create_only: bool = False) -> None:
+        kind, meta = desired["kind"], desired["metadata"]
+        actual = self.store.get(kind, meta["namespace"], meta["name"])
+        if actual is not None and (create_only or is_subset(desired, actual)):
+            return
+        if actual is None:
+            # Not in our watch cache: either new, or a namesake someone else made. Look once.
+            existing = await self.client.get(kind, meta["namespace"], meta["name"])
+            if existing is not None and not is_ours(existing, gd):
+                raise ForeignObjectError(
+                    f"a {kind} named {meta['name']} already exists and was not created by gemma-operator; "
+                    f"rename the GemmaDeployment or remove that {kind}"
+                )
+            if existing is not None and create_only:
+                self.store.upsert(kind, existing)
+                return
+        log.info("applying %s %s/%s", kind, meta["namespace"], meta["name"])
+        self.store.upsert(kind, await self.client.apply(desired))
+
+    async def _delete_stale_jobs(self, gd: GemmaDeployment, current: str) -> None:
+        for job in self.store.children("Job", gd.namespace, gd.name, "download"):
+            meta = job["metadata"]
+            if meta["name"] != current and is_ours(job, gd) and not meta.get("deletionTimestamp"):
+                log.info("deleting download Job %s/%s of an earlier model", gd.namespace, meta["name"])
+                await self.client.delete("Job", gd.namespace, meta["name"], uid=meta.get("uid"))
+
+    async def _observe(
+        self, gd: GemmaDeployment, previous: Manifest, error: str | None, read_progress: bool = True
+    ) -> status.Observed:
+        ns = gd.namespace
+        job_name = builders.download_job_name(gd, self.settings) if gd.needs_download else ""
+        job = self.store.get("Job", ns, job_name) if job_name else None
+        job_pods = [
+            p for p in self.store.children("Pod", ns, gd.name, "download")
+            if (p["metadata"].get("labels") or {}).get("job-name") == job_name
+        ]
+        before = previous.get("download") or {}
+        done_before = before.get("state") == "Succeeded" and before.get("jobName") == job_name
+        progress = None
+        if read_progress and status.job_state(job) == "Running":
+            progress = await self._read_progress((ns, gd.name), job_pods)
+        return status.Observed(
+            pvc=self.store.get("PersistentVolumeClaim", ns, gd.cache_claim_name),
+            job=job,
+            job_pods=job_pods,
+            deployment=self.store.get("Deployment", ns, gd.name),
+            server_pods=self.store.children("Pod", ns, gd.name, "server"),
+            progress=progress,
+            download_done_before=done_before,
+            apply_error=error,
+        )
+
+    async def _read_progress(self, key: Key, pods: list[Manifest]) -> status.Progress | None:
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if running:
+            pod = running[-1]["metadata"]["name"]
+            try:
+                found = parse_progress(await self.client.pod_log_tail(key[0], pod, builders.DOWNLOAD_CONTAINER))
+            except (ApiError, OSError) as err:
+                log.debug("no progress from %s/%s yet: %s", key[0], pod, err)
+                found = None
+            if found is not None:
+                self._progress[key] = found
+        return self._progress.get(key)
+
+    async def _write_status(self, body: Manifest, previous: Manifest, new: Manifest) -> None:
+        patch = transitions.merge_patch(previous, new)
+        if not patch:
+            return
+        meta = body["metadata"]
+        result = await self.client.patch_status(KIND, meta["namespace"], meta["name"], patch)
+        self.store.upsert(KIND, result)
+        for type_, reason, message in transitions.events_between(previous, new):
+            await self.recorder.emit(body, type_, reason, message)

@@ -1,0 +1,35 @@
+"""Operator-wide settings: flags override GEMMA_* environment variables, which override the defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+# The upstream vLLM OpenAI server image, pinned to the release whose CPU build the serving tests run.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
+DEFAULT_DOWNLOADER_IMAGE = "ghcr.io/gemma-operator/downloader:0.1.0"
+FIELD_MANAGER = "gemma-operator"
+USER_AGENT = "gemma-operator/0.1.0"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"GEMMA_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    vllm_image: str = field(default_factory=lambda: _env("VLLM_IMAGE", DEFAULT_VLLM_IMAGE))
+    downloader_image: str = field(default_factory=lambda: _env("DOWNLOADER_IMAGE", DEFAULT_DOWNLOADER_IMAGE))
+    image_pull_policy: str = field(default_factory=lambda: _env("IMAGE_PULL_POLICY", "IfNotPresent"))
+    # Mirrors for the hubs, for clusters that cannot reach them directly; a resource's
+    # spec.model.endpoint wins over these.
+    modelscope_endpoint: str = field(default_factory=lambda: _env("MODELSCOPE_ENDPOINT", ""))
+    huggingface_endpoint: str = field(default_factory=lambda: _env("HUGGINGFACE_ENDPOINT", ""))
+    # How often the progress of a running download is read while its Job is active.
+    progress_interval_seconds: float = field(
+        default_factory=lambda: float(_env("PROGRESS_INTERVAL_SECONDS", "5"))
+    )
+    workers: int = field(default_factory=lambda: int(_env("WORKERS", "8")))
+
+    def hub_endpoint(self, source: str) -> str:
+        return {"modelscope": self.modelscope_endpoint, "huggingface": self.huggingface_endpoint}.get(source, "")

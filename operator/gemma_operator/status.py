@@ -1,0 +1,337 @@
+"""The pure status function: what the cluster reports about the children in, phase and conditions out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .spec import GemmaDeployment
+
+Manifest = dict[str, Any]
+
+CONDITION_TYPES = ("ModelReady", "Available", "Progressing", "Degraded")
+MAX_MESSAGE = 600
+
+
+@dataclass(frozen=True)
+class Progress:
+    bytes_done: int
+    bytes_total: int
+
+    @property
+    def percent(self) -> int:
+        if self.bytes_total <= 0:
+            return 0
+        return min(100, self.bytes_done * 100 // self.bytes_total)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile pass saw of the children of a GemmaDeployment."""
+
+    pvc: Manifest | None = None
+    job: Manifest | None = None
+    job_pods: list[Manifest] = field(default_factory=list)
+    deployment: Manifest | None = None
+    server_pods: list[Manifest] = field(default_factory=list)
+    progress: Progress | None = None
+    # The download of this model revision already finished in an earlier pass (its Job may be gone).
+    download_done_before: bool = False
+    # A failure of the pass itself (e.g. the API server refused a child), shown as Degraded.
+    apply_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One condition's verdict, before timestamps."""
+
+    status: bool
+    reason: str
+    message: str
+
+
+# ---------------------------------------------------------------- model / download
+
+
+def job_state(job: Manifest | None) -> str:
+    if job is None:
+        return "Pending"
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("status") == "True" and cond.get("type") in ("Complete", "SuccessCriteriaMet"):
+            return "Succeeded"
+        if cond.get("status") == "True" and cond.get("type") in ("Failed", "FailureTarget"):
+            return "Failed"
+    status = job.get("status") or {}
+    return "Running" if status.get("active") or status.get("failed") else "Pending"
+
+
+def _terminated_messages(pod: Manifest) -> list[str]:
+    messages = []
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+            term = state.get("terminated") or {}
+            if term.get("exitCode") not in (None, 0) and term.get("message"):
+                messages.append(_last_lines(term["message"]))
+    return messages
+
+
+def _last_lines(text: str, lines: int = 3) -> str:
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+    return tail[-MAX_MESSAGE:]
+
+
+def download_failure_message(gd: GemmaDeployment, job: Manifest | None, pods: list[Manifest]) -> str:
+    for pod in sorted(pods, key=_creation, reverse=True):
+        messages = _terminated_messages(pod)
+        if messages:
+            return messages[0]
+    for cond in ((job or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            detail = cond.get("message") or cond.get("reason") or "the Job failed"
+            return f"download of {gd.spec.model.id} from {gd.spec.model.source} failed: {detail}"
+    return f"download of {gd.spec.model.id} from {gd.spec.model.source} failed"
+
+
+def _creation(obj: Manifest) -> str:
+    return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def model_ready(gd: GemmaDeployment, obs: Observed) -> bool:
+    return not gd.needs_download or obs.download_done_before or job_state(obs.job) == "Succeeded"
+
+
+def pvc_pending_message(gd: GemmaDeployment, pvc: Manifest | None) -> str | None:
+    if gd.spec.cache.existing_claim or pvc is None:
+        return None
+    phase = (pvc.get("status") or {}).get("phase")
+    if phase == "Bound":
+        return None
+    cls = (pvc.get("spec") or {}).get("storageClassName") or "the default class"
+    return (
+        f"cache volume {gd.cache_claim_name} is {phase or 'Pending'}: waiting for a PersistentVolume of storage class "
+        f"{cls}; check that the class exists and has a provisioner (kubectl describe pvc {gd.cache_claim_name})"
+    )
+
+
+def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
+    if not gd.needs_download:
+        return Finding(True, "ModelOnVolume", f"serving {gd.model_dir} from volume {gd.cache_claim_name}")
+    state = "Succeeded" if obs.download_done_before else job_state(obs.job)
+    model = f"{gd.spec.model.id}@{gd.spec.model.effective_revision} from {gd.spec.model.source}"
+    if state == "Succeeded":
+        return Finding(True, "Downloaded", f"{model} is on volume {gd.cache_claim_name}")
+    if state == "Failed":
+        return Finding(False, "DownloadFailed", download_failure_message(gd, obs.job, obs.job_pods))
+    pending = pvc_pending_message(gd, obs.pvc)
+    if pending:
+        return Finding(False, "CacheVolumePending", pending)
+    if state == "Running":
+        return Finding(False, "Downloading", f"downloading {model}{_progress_text(obs.progress)}")
+    return Finding(False, "DownloadPending", f"waiting for the download Job of {model} to start")
+
+
+def _progress_text(progress: Progress | None) -> str:
+    if progress is None or progress.bytes_total <= 0:
+        return ""
+    return f": {progress.percent}% ({progress.bytes_done}/{progress.bytes_total} bytes)"
+
+
+def download_block(gd: GemmaDeployment, obs: Observed) -> Manifest:
+    if not gd.needs_download:
+        return {"state": "NotRequired"}
+    state = "Succeeded" if obs.download_done_before else job_state(obs.job)
+    block: Manifest = {"state": state}
+    if obs.job is not None:
+        block["jobName"] = obs.job["metadata"]["name"]
+    progress = obs.progress
+    if state == "Succeeded" and progress is None:
+        return block | {"percent": 100}
+    if progress is not None:
+        percent = 100 if state == "Succeeded" else progress.percent
+        block |= {"bytesDone": progress.bytes_done, "bytesTotal": progress.bytes_total, "percent": percent}
+    return block
+
+
+# ---------------------------------------------------------------- servers
+
+
+def pod_problems(pods: list[Manifest]) -> dict[str, list[str]]:
+    """Why server pods are not ready, grouped by reason: {reason: [messages]}."""
+    problems: dict[str, list[str]] = {}
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        reason, message = _pod_problem(pod)
+        if reason:
+            problems.setdefault(reason, []).append(message)
+    return problems
+
+
+def _pod_problem(pod: Manifest) -> tuple[str, str]:
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return "PodsUnschedulable", cond.get("message") or "no node fits the pod"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+            return "ImagePullFailed", f"cannot pull image {cs.get('image', '')}: {waiting.get('message') or waiting['reason']}"
+        if last.get("reason") == "OOMKilled":
+            return "OOMKilled", "the server was killed for using more memory than its limit (OOMKilled); raise spec.resources.limits.memory"
+        if waiting.get("reason") == "CrashLoopBackOff" or (last and cs.get("restartCount", 0) > 0 and not cs.get("ready")):
+            detail = _last_lines(last.get("message") or "") or f"exit code {last.get('exitCode', '?')}"
+            return "CrashLoopBackOff", f"the server exits: {detail}"
+        if waiting.get("reason") in ("CreateContainerConfigError", "CreateContainerError"):
+            return "ContainerConfigError", waiting.get("message") or waiting["reason"]
+    return "", ""
+
+
+def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
+    """The most important reason and a message that counts the pods behind each."""
+    order = ["CrashLoopBackOff", "OOMKilled", "ImagePullFailed", "ContainerConfigError", "PodsUnschedulable"]
+    reasons = sorted(problems, key=lambda r: order.index(r) if r in order else len(order))
+    labels = {
+        "PodsUnschedulable": "unschedulable",
+        "CrashLoopBackOff": "crash-looping",
+        "OOMKilled": "out of memory",
+        "ImagePullFailed": "failing to pull the image",
+        "ContainerConfigError": "with a bad container configuration",
+    }
+    parts = []
+    for reason in reasons:
+        msgs = problems[reason]
+        parts.append(f"{len(msgs)} pod{'s' if len(msgs) != 1 else ''} {labels.get(reason, reason)}: {msgs[0]}")
+    return reasons[0], "; ".join(parts)
+
+
+def rollout_done(deployment: Manifest, desired: int) -> bool:
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation", 0)
+    return (
+        status.get("observedGeneration", 0) >= generation
+        and status.get("updatedReplicas", 0) >= desired
+        and status.get("replicas", 0) == desired
+        and status.get("readyReplicas", 0) >= desired
+    )
+
+
+# ---------------------------------------------------------------- the whole status
+
+
+@dataclass(frozen=True)
+class Verdict:
+    phase: str
+    findings: dict[str, Finding]
+
+
+def verdict(gd: GemmaDeployment, obs: Observed) -> Verdict:
+    model = model_finding(gd, obs)
+    if not model.status:
+        failed = model.reason == "DownloadFailed"
+        phase = "Failed" if failed else ("Pending" if model.reason == "CacheVolumePending" else "Downloading")
+        waiting = Finding(False, "WaitingForModel", "servers start once the model is on the cache volume")
+        degraded = Finding(True, model.reason, model.message) if failed or obs.apply_error else Finding(False, "AsExpected", "")
+        if obs.apply_error:
+            degraded = Finding(True, "ApplyFailed", obs.apply_error)
+        progressing = Finding(not failed, "Downloading" if not failed else model.reason, model.message)
+        return Verdict(phase, {"ModelReady": model, "Available": waiting, "Progressing": progressing, "Degraded": degraded})
+    return _servers_verdict(gd, obs, model)
+
+
+def _servers_verdict(gd: GemmaDeployment, obs: Observed, model: Finding) -> Verdict:
+    desired = gd.spec.replicas
+    dep_status = (obs.deployment or {}).get("status") or {}
+    ready = int(dep_status.get("readyReplicas") or 0)
+    problems = pod_problems(obs.server_pods)
+    done = obs.deployment is not None and rollout_done(obs.deployment, desired)
+    count = f"{ready}/{desired} ready"
+
+    if desired == 0:
+        available = Finding(False, "ScaledToZero", "spec.replicas is 0: no server runs")
+    elif ready > 0:
+        available = Finding(True, "MinimumReplicasAvailable", f"{count}; serving at {gd.endpoint}")
+    else:
+        available = Finding(False, "NoReplicasReady", f"{count}")
+
+    if problems:
+        reason, text = _problems_text(problems)
+        degraded = Finding(True, reason, f"{count}: {text}")
+    elif obs.apply_error:
+        degraded = Finding(True, "ApplyFailed", obs.apply_error)
+    else:
+        degraded = Finding(False, "AsExpected", count)
+
+    if done:
+        progressing = Finding(False, "RolloutComplete", f"{count}; rollout complete")
+    elif obs.deployment is None:
+        progressing = Finding(True, "CreatingServers", "creating the vLLM Deployment")
+    else:
+        progressing = Finding(True, "RollingOut", f"{count}; servers are starting or being replaced")
+
+    if degraded.status:
+        phase = "Degraded"
+    elif done or (desired == 0 and obs.deployment is not None):
+        phase = "Ready"
+    else:
+        phase = "Starting"
+    findings = {"ModelReady": model, "Available": available, "Progressing": progressing, "Degraded": degraded}
+    return Verdict(phase, findings)
+
+
+def conditions(findings: dict[str, Finding], previous: list[Manifest], generation: int, now: str) -> list[Manifest]:
+    """Kubernetes-style conditions; lastTransitionTime moves only when a condition's status flips."""
+    before = {c.get("type"): c for c in previous}
+    result = []
+    for ctype in CONDITION_TYPES:
+        f = findings[ctype]
+        status = "True" if f.status else "False"
+        old = before.get(ctype) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == status else None
+        result.append({
+            "type": ctype,
+            "status": status,
+            "reason": f.reason,
+            "message": f.message[:MAX_MESSAGE],
+            "observedGeneration": generation,
+            "lastTransitionTime": since or now,
+        })
+    return result
+
+
+def compute_status(gd: GemmaDeployment, obs: Observed, previous: Manifest, now: str) -> Manifest:
+    """The whole status of a GemmaDeployment from what its children report."""
+    v = verdict(gd, obs)
+    dep_status = (obs.deployment or {}).get("status") or {}
+    ready = int(dep_status.get("readyReplicas") or 0)
+    download = download_block(gd, obs)
+    status: Manifest = {
+        "phase": v.phase,
+        "observedGeneration": gd.generation,
+        "replicas": int(dep_status.get("replicas") or 0),
+        "readyReplicas": ready,
+        "ready": f"{ready}/{gd.spec.replicas}",
+        "selector": f"app.kubernetes.io/instance={gd.name},app.kubernetes.io/component=server",
+        "endpoint": gd.endpoint,
+        "servedModelName": gd.served_model_name,
+        "download": download,
+        "progress": f"{download['percent']}%" if "percent" in download else "-",
+        "conditions": conditions(v.findings, list(previous.get("conditions") or []), gd.generation, now),
+    }
+    return status
+
+
+def invalid_spec_status(gd_generation: int, message: str, previous: Manifest, now: str) -> Manifest:
+    """The status of a resource the operator cannot parse: Failed, with the reason, and nothing else."""
+    finding = Finding(False, "InvalidSpec", message)
+    findings = {
+        "ModelReady": finding,
+        "Available": Finding(False, "InvalidSpec", message),
+        "Progressing": Finding(False, "InvalidSpec", message),
+        "Degraded": Finding(True, "InvalidSpec", message),
+    }
+    return dict(previous) | {
+        "phase": "Failed",
+        "observedGeneration": gd_generation,
+        "conditions": conditions(findings, list(previous.get("conditions") or []), gd_generation, now),
+    }

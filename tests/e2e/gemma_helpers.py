@@ -1,0 +1,76 @@
+"""Helpers of the e2e tests: apply a GemmaDeployment, read its status, wait for it."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support import kube
+from tests.support.kube import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+Manifest = dict[str, Any]
+
+
+def seed(**spec: Any) -> Manifest:
+    """gemma.yaml, with spec fields replaced."""
+    body: Manifest = yaml.safe_load((REPO / "gemma.yaml").read_text())
+    body = copy.deepcopy(body)
+    body["spec"] |= spec
+    return body
+
+
+def status(cluster: kube.Cluster, ns: str, name: str = "gemma") -> Manifest:
+    obj = cluster.get("gemmadeployment", name, ns) or {}
+    return dict(obj.get("status") or {})
+
+
+def condition(st: Manifest, ctype: str) -> Manifest:
+    return next((c for c in st.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def wait_phase(cluster: kube.Cluster, ns: str, phase: str, name: str = "gemma", timeout: float = 60) -> Manifest:
+    return wait_for(lambda: (st := status(cluster, ns, name)).get("phase") == phase and st,
+                    timeout=timeout, message=f"GemmaDeployment {ns}/{name} phase {phase}")
+
+
+def server_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Manifest]:
+    pods = cluster.kubectl_json("get", "pods", "-n", ns, "-l",
+                                f"app.kubernetes.io/instance={name},app.kubernetes.io/component=server")["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def ready_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Manifest]:
+    return [p for p in server_pods(cluster, ns, name) if any(
+        c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))]
+
+
+def gpus_in_use(cluster: kube.Cluster) -> int:
+    """GPUs requested by pods that are bound to nodes and not finished, in all namespaces."""
+    used = 0
+    for pod in cluster.kubectl_json("get", "pods", "-A")["items"]:
+        if not pod["spec"].get("nodeName") or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in pod["spec"]["containers"]:
+            used += int((c.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
+    return used
+
+
+def wait_gpus_free(cluster: kube.Cluster, timeout: float = 120) -> None:
+    """Earlier tests' namespaces are deleted in the background; their pods may still hold GPUs."""
+    wait_for(lambda: gpus_in_use(cluster) == 0, timeout=timeout, interval=1, message="all GPUs free")
+
+
+def operator_writes(cluster: kube.Cluster) -> list[Manifest]:
+    """Write requests of the operator in the API server's audit log."""
+    assert cluster.audit_log is not None, "needs the local cluster's audit log"
+    writes = []
+    with open(cluster.audit_log, encoding="utf-8") as f:
+        for line in f:
+            if '"userAgent":"gemma-operator' in line or '"userAgent":"kopf' in line:
+                writes.append(json.loads(line))
+    return writes

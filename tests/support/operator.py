@@ -1,0 +1,97 @@
+"""Runs the operator as a local process against a cluster, the way the e2e and chart tests need it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OperatorProcess:
+    """`python -m gemma_operator` with its output in a log file; stopped with SIGTERM (or SIGKILL)."""
+
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.args = args or []
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> OperatorProcess:
+        env = (
+            os.environ
+            | {"KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1"}
+            | self.extra_env
+        )
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's exit
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gemma_operator",
+                "--http-port",
+                str(self.port),
+                *self.args,
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"operator exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).ok:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"operator not healthy within {timeout}s:\n{self.log()}")
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+
+    def log(self) -> str:
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the operator must survive."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()

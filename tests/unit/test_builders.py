@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gemma_operator import builders
+from gemma_operator.settings import Settings
+from gemma_operator.spec import GemmaDeployment
+
+
+def server_container(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest["spec"]["template"]["spec"]["containers"][0]
+
+
+def variant(body: dict[str, Any], **spec: Any) -> GemmaDeployment:
+    return GemmaDeployment.from_body(body | {"spec": body["spec"] | spec})
+
+
+def test_server_command_line_is_the_seed_recipe(gd: GemmaDeployment, settings: Settings) -> None:
+    c = server_container(builders.build_server_deployment(gd, settings))
+    assert c["command"] + c["args"] == [
+        "vllm", "serve", "/models/modelscope/LLM-Research--gemma-3-4b-it/master",
+        "--served-model-name", "Gemma3-4b", "--port", "8000", "--max-model-len", "2048",
+        "--tensor-parallel-size", "1",
+    ]
+
+
+def test_optional_flags_and_extra_args_follow(gemma_body: dict[str, Any], settings: Settings) -> None:
+    gd = variant(gemma_body, gpu={"count": 2, "memoryUtilization": 0.85}, vllm={"extraArgs": ["--enforce-eager"]})
+    args = server_container(builders.build_server_deployment(gd, settings))["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
+    assert args[-1] == "--enforce-eager"
+
+
+def test_unset_max_model_len_leaves_the_flag_out(gemma_body: dict[str, Any], settings: Settings) -> None:
+    spec = dict(gemma_body["spec"])
+    spec.pop("maxModelLen")
+    gd = GemmaDeployment.from_body(gemma_body | {"spec": spec})
+    assert "--max-model-len" not in server_container(builders.build_server_deployment(gd, settings))["args"]
+
+
+def test_gpu_limits_cache_readonly_shm_and_offline(gd: GemmaDeployment, settings: Settings) -> None:
+    dep = builders.build_server_deployment(gd, settings)
+    c = server_container(dep)
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["model-cache"]["readOnly"] is True and mounts["model-cache"]["mountPath"] == "/models"
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "gemma-cache", "readOnly": True}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert c["image"] == "vllm/vllm-openai:test"
+
+
+def test_probes_give_a_loading_model_its_startup_budget(gemma_body: dict[str, Any], settings: Settings) -> None:
+    gd = variant(gemma_body, vllm={"startupTimeoutSeconds": 600})
+    c = server_container(builders.build_server_deployment(gd, settings))
+    startup = c["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+
+
+def test_api_key_comes_from_the_secret_never_the_command_line(gemma_body: dict[str, Any], settings: Settings) -> None:
+    gd = variant(gemma_body, apiKeySecretRef={"name": "keys", "key": "openai"})
+    c = server_container(builders.build_server_deployment(gd, settings))
+    key_env = [e for e in c["env"] if e["name"] == "VLLM_API_KEY"]
+    assert key_env == [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "openai"}}}]
+    assert not any("api-key" in a for a in c["command"] + c["args"])
+
+
+def test_children_are_owned_labelled_and_named(gd: GemmaDeployment, settings: Settings) -> None:
+    children = [
+        builders.build_cache_pvc(gd), builders.build_download_job(gd, settings),
+        builders.build_server_deployment(gd, settings), builders.build_service(gd),
+    ]
+    names = []
+    for child in children:
+        assert child is not None
+        meta = child["metadata"]
+        names.append((child["kind"], meta["name"]))
+        assert meta["namespace"] == "ml"
+        assert meta["ownerReferences"][0] | {} == {
+            "apiVersion": "gemma.ai/v1alpha1", "kind": "GemmaDeployment", "name": "gemma", "uid": "uid-1",
+            "controller": True, "blockOwnerDeletion": True,
+        }
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "gemma-operator"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "gemma"
+    assert names[0] == ("PersistentVolumeClaim", "gemma-cache")
+    assert names[1][1].startswith("gemma-download-")
+    assert names[2:] == [("Deployment", "gemma"), ("Service", "gemma")]
+
+
+def test_service_is_port_8000_named_http_selecting_the_servers(gd: GemmaDeployment, settings: Settings) -> None:
+    svc = builders.build_service(gd)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    pod_labels = builders.build_server_deployment(gd, settings)["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_download_job_identity_changes_with_the_model(gemma_body: dict[str, Any], settings: Settings) -> None:
+    a = GemmaDeployment.from_body(gemma_body)
+    b = variant(gemma_body, model=gemma_body["spec"]["model"] | {"id": "LLM-Research/gemma-3-1b-it"})
+    c = variant(gemma_body, model=gemma_body["spec"]["model"] | {"revision": "v1"})
+    names = {builders.download_job_name(x, settings) for x in (a, b, c)}
+    assert len(names) == 3
+    assert builders.download_job_name(a, settings) == builders.download_job_name(a, settings)
+
+
+def test_download_job_is_restricted_and_gets_the_token_from_env(gemma_body: dict[str, Any], settings: Settings) -> None:
+    gd = variant(gemma_body, model=gemma_body["spec"]["model"] | {"tokenSecretRef": {"name": "hub", "key": "token"}},
+                 download={"backoffLimit": 2, "activeDeadlineSeconds": 3600})
+    job = builders.build_download_job(gd, settings)
+    assert job is not None
+    assert job["spec"]["backoffLimit"] == 2 and job["spec"]["activeDeadlineSeconds"] == 3600
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["args"] == ["--source", "modelscope", "--model-id", "LLM-Research/gemma-3-4b-it",
+                         "--revision", "master", "--cache-root", "/models"]
+    assert {"name": "GEMMA_HUB_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hub", "key": "token"}}} in c["env"]
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_hub_endpoint_per_resource_wins_over_the_operator_setting(gemma_body: dict[str, Any]) -> None:
+    s = Settings(modelscope_endpoint="http://mirror.internal")
+    plain = GemmaDeployment.from_body(gemma_body)
+    own = variant(gemma_body, model=gemma_body["spec"]["model"] | {"endpoint": "http://own-mirror"})
+    env_of = lambda gd: {e["name"]: e.get("value") for e in builders.build_download_job(gd, s)["spec"]["template"]["spec"]["containers"][0]["env"]}  # noqa: E731
+    assert env_of(plain)["GEMMA_HUB_ENDPOINT"] == "http://mirror.internal"
+    assert env_of(own)["GEMMA_HUB_ENDPOINT"] == "http://own-mirror"
+
+
+def test_pvc_source_needs_no_job_and_serves_from_the_claim(gemma_body: dict[str, Any], settings: Settings) -> None:
+    gd = variant(gemma_body, model={"id": "LLM-Research/gemma-3-4b-it", "source": "pvc"}, cache={"existingClaim": "weights"})
+    assert builders.build_download_job(gd, settings) is None
+    assert builders.build_cache_pvc(gd) is None
+    c = server_container(builders.build_server_deployment(gd, settings))
+    assert c["command"][2] == "/models/LLM-Research/gemma-3-4b-it"
+
+
+def test_retained_cache_has_no_owner(gemma_body: dict[str, Any]) -> None:
+    gd = variant(gemma_body, cache={"size": "5Gi", "retainOnDelete": True})
+    pvc = builders.build_cache_pvc(gd)
+    assert pvc is not None and "ownerReferences" not in pvc["metadata"]
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+@pytest.mark.parametrize("surge,unavailable", [(0, 1), (1, 0)])
+def test_rollout_strategy_follows_the_spec(gemma_body: dict[str, Any], settings: Settings, surge: int, unavailable: int) -> None:
+    gd = variant(gemma_body, rollout={"maxSurge": surge, "maxUnavailable": unavailable})
+    strategy = builders.build_server_deployment(gd, settings)["spec"]["strategy"]
+    assert strategy["rollingUpdate"] == {"maxSurge": surge, "maxUnavailable": unavailable}
+
+
+def test_default_rollout_needs_no_spare_gpu(gd: GemmaDeployment, settings: Settings) -> None:
+    strategy = builders.build_server_deployment(gd, settings)["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxSurge"] == 0
