@@ -1,0 +1,5 @@
+"""Entry point of the download Job's container."""
+
+from gemma_operator.download.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Failure kinds of a download, their exit status and their one-line message."""
+
+from __future__ import annotations
+
+import enum
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_PERMANENT = 3
+EXIT_TRANSIENT = 4
+
+
+class Reason(str, enum.Enum):
+    """Machine-readable cause, carried in the `failed` progress event."""
+
+    USAGE = "InvalidArguments"
+    MODEL_NOT_FOUND = "ModelNotFound"
+    REVISION_NOT_FOUND = "RevisionNotFound"
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
+    EMPTY_REPOSITORY = "EmptyRepository"
+    INTEGRITY = "IntegrityError"
+    HUB_UNAVAILABLE = "HubUnavailable"
+
+
+# Permanent causes end the Job at once: retrying cannot fix a wrong model id or a missing token.
+_PERMANENT = {
+    Reason.MODEL_NOT_FOUND,
+    Reason.REVISION_NOT_FOUND,
+    Reason.UNAUTHORIZED,
+    Reason.FORBIDDEN,
+    Reason.EMPTY_REPOSITORY,
+    Reason.INTEGRITY,
+}
+
+
+class DownloadError(Exception):
+    """A classified failure: `message` is the single human line for the termination log."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        # One line only: the kubelet shows the termination message verbatim in the pod status.
+        super().__init__(" ".join(message.split()))
+        self.reason = reason
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    @property
+    def permanent(self) -> bool:
+        return self.reason in _PERMANENT
+
+    @property
+    def exit_code(self) -> int:
+        if self.reason is Reason.USAGE:
+            return EXIT_USAGE
+        return EXIT_PERMANENT if self.permanent else EXIT_TRANSIENT
+
+
+class UsageError(DownloadError):
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.USAGE, f"invalid arguments: {message}")
+
+
+def describe(reason: Reason, *, source: str, model_id: str, revision: str, detail: str = "") -> DownloadError:
+    """The error for `reason`, worded so that the model id, the source and the cause are all named."""
+    texts = {
+        Reason.MODEL_NOT_FOUND: f"model {model_id} not found on {source} (revision {revision})",
+        Reason.REVISION_NOT_FOUND: f"revision {revision} of model {model_id} not found on {source}",
+        Reason.UNAUTHORIZED: f"model {model_id} on {source} needs a valid hub token (HTTP 401); "
+        "check spec.model.tokenSecretRef",
+        Reason.FORBIDDEN: f"access to model {model_id} on {source} is forbidden (HTTP 403); "
+        "accept the model's license or use a token with access",
+        Reason.EMPTY_REPOSITORY: f"{source} listed no files for model {model_id} (revision {revision})",
+        Reason.INTEGRITY: f"model {model_id} from {source} (revision {revision}) failed verification",
+        Reason.HUB_UNAVAILABLE: f"{source} hub unavailable for model {model_id} (revision {revision})",
+    }
+    text = texts[reason]
+    return DownloadError(reason, f"{text}: {detail}" if detail else text)

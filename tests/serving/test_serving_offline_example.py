@@ -1,0 +1,87 @@
+"""Issue 5: the seed's offline example (examples/vllm_model.py, LLM(...).generate) done right, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from serving_harness import EXAMPLES, SCRUB, vllm_python
+
+pytestmark = [pytest.mark.serving, pytest.mark.timeout(600)]
+
+PROBE = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from transformers import AutoTokenizer
+import vllm_model
+tok = AutoTokenizer.from_pretrained(sys.argv[2])
+print(json.dumps({
+    "stops": vllm_model.stop_token_ids(tok),
+    "eos": tok.eos_token_id,
+    "end_of_turn": tok.convert_tokens_to_ids("<end_of_turn>"),
+    "text_prompt": vllm_model.build_prompt(tok, "Describe this image.", with_image=False),
+    "image_prompt": vllm_model.build_prompt(tok, "Describe this image.", with_image=True),
+}))
+"""
+
+
+def test_stop_tokens_come_from_the_models_own_tokenizer(vllm_venv, tiny_model):
+    proc = subprocess.run(
+        [vllm_python(vllm_venv), "-c", PROBE, str(EXAMPLES), str(tiny_model)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["stops"] == sorted({out["eos"], out["end_of_turn"]}) == [1, 5]
+    # <bos> is left to generate()'s tokenizer; the image placeholder is in the prompt only when an image is given
+    assert (
+        out["text_prompt"] == "<start_of_turn>user\nDescribe this image.<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert out["image_prompt"].startswith("<start_of_turn>user\n<start_of_image>Describe this image.")
+
+
+def test_offline_generate_on_the_tiny_model(vllm_venv, tiny_model, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not SCRUB.match(k)}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"),
+        HF_HOME=str(tmp_path / "hf"),
+        VLLM_NO_USAGE_STATS="1",
+        VLLM_HOST_IP="127.0.0.1",
+    )
+    proc = subprocess.run(
+        [
+            vllm_python(vllm_venv),
+            str(EXAMPLES / "vllm_model.py"),
+            "--model",
+            str(tiny_model),
+            "--json",
+            "--max-tokens",
+            "16",
+            "--temperature",
+            "0",
+            "--enforce-eager",
+            "--kv-cache-memory-bytes",
+            "64M",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    # vLLM logs to stdout too: the example's answer is its JSON line
+    out = json.loads([line for line in proc.stdout.splitlines() if line.startswith('{"prompt"')][-1])
+    assert out["stop_token_ids"] == [1, 5]
+    assert out["prompt"].startswith("<start_of_turn>user\n")
+    assert 1 <= len(out["token_ids"]) <= 16
+    assert out["finish_reason"] in ("stop", "length")
