@@ -174,7 +174,10 @@ def build_download_job(gd: GemmaDeployment, settings: Settings) -> Manifest | No
     }
     job_spec: Manifest = {
         "backoffLimit": gd.spec.download.backoff_limit,
-        "template": {"metadata": {"labels": pod_labels, "annotations": _pod_annotations(gd)}, "spec": pod_spec},
+        "template": {
+            "metadata": {"labels": pod_labels, "annotations": _pod_annotations(gd, gd.spec.download.pod_annotations)},
+            "spec": pod_spec,
+        },
     }
     if gd.spec.download.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = gd.spec.download.active_deadline_seconds
@@ -184,8 +187,8 @@ def build_download_job(gd: GemmaDeployment, settings: Settings) -> Manifest | No
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def _pod_annotations(gd: GemmaDeployment) -> dict[str, str]:
-    return {"gemma.ai/model-id": gd.spec.model.id} | dict(gd.spec.pod_annotations)
+def _pod_annotations(gd: GemmaDeployment, extra: dict[str, str]) -> dict[str, str]:
+    return {"gemma.ai/model-id": gd.spec.model.id} | dict(extra)
 
 
 def server_args(gd: GemmaDeployment) -> list[str]:
@@ -302,7 +305,7 @@ def build_server_deployment(gd: GemmaDeployment, settings: Settings) -> Manifest
             },
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": labels(gd, "server"), "annotations": _pod_annotations(gd)},
+                "metadata": {"labels": labels(gd, "server"), "annotations": _pod_annotations(gd, gd.spec.pod_annotations)},
                 "spec": _server_pod_spec(gd, settings),
             },
         },

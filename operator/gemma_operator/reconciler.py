@@ -3,6 +3,8 @@ cluster differs; status from the pure status function, written only when it chan
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import logging
 from typing import Any
@@ -36,6 +38,17 @@ def is_subset(desired: Any, actual: Any) -> bool:
     return bool(desired == actual)
 
 
+SPEC_HASH = "gemma.ai/spec-hash"
+
+
+def with_spec_hash(desired: Manifest) -> Manifest:
+    """The desired child with a hash of itself: a field dropped from the spec changes the hash, which the
+    subset check alone would not notice (an absent field is a subset of anything)."""
+    digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+    meta = desired["metadata"]
+    return desired | {"metadata": meta | {"annotations": dict(meta.get("annotations") or {}) | {SPEC_HASH: digest}}}
+
+
 def is_ours(obj: Manifest, gd: GemmaDeployment) -> bool:
     meta = obj.get("metadata") or {}
     if any(ref.get("uid") == gd.uid for ref in meta.get("ownerReferences") or []):
@@ -47,6 +60,14 @@ def is_ours(obj: Manifest, gd: GemmaDeployment) -> bool:
         and obj_labels.get(builders.INSTANCE_LABEL) == gd.name
         and not meta.get("ownerReferences")
     )
+
+
+def age_seconds(obj: Manifest | None, now_text: str) -> float:
+    created = ((obj or {}).get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return 0.0
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (datetime.datetime.strptime(now_text, fmt) - datetime.datetime.strptime(created, fmt)).total_seconds()
 
 
 def parse_progress(log_tail: str) -> status.Progress | None:
@@ -86,7 +107,15 @@ class Reconciler:
         observed = await self._converge(gd, previous)
         new = status.compute_status(gd, observed, previous, now())
         await self._write_status(body, previous, new)
-        if status.job_state(observed.job) in ("Running", "Pending") and not status.model_ready(gd, observed):
+        return self._look_again_in(gd, observed)
+
+    def _look_again_in(self, gd: GemmaDeployment, observed: status.Observed) -> float | None:
+        """Progress and a claim stuck Pending show in no watch event: look again while they matter."""
+        if status.model_ready(gd, observed):
+            return None
+        if observed.pvc is not None and not status.pvc_bound(observed.pvc):
+            return status.PVC_PENDING_GRACE_SECONDS
+        if status.job_state(observed.job) in ("Running", "Pending"):
             return self.settings.progress_interval_seconds
         return None
 
@@ -115,6 +144,7 @@ class Reconciler:
             await self._ensure(gd, builders.build_server_deployment(gd, self.settings))
 
     async def _ensure(self, gd: GemmaDeployment, desired: Manifest, create_only: bool = False) -> None:
+        desired = with_spec_hash(desired)
         kind, meta = desired["kind"], desired["metadata"]
         actual = self.store.get(kind, meta["namespace"], meta["name"])
         if actual is not None and (create_only or is_subset(desired, actual)):
@@ -155,8 +185,9 @@ class Reconciler:
         progress = None
         if read_progress and status.job_state(job) == "Running":
             progress = await self._read_progress((ns, gd.name), job_pods)
+        pvc = self.store.get("PersistentVolumeClaim", ns, gd.cache_claim_name)
         return status.Observed(
-            pvc=self.store.get("PersistentVolumeClaim", ns, gd.cache_claim_name),
+            pvc=pvc,
             job=job,
             job_pods=job_pods,
             deployment=self.store.get("Deployment", ns, gd.name),
@@ -164,6 +195,7 @@ class Reconciler:
             progress=progress,
             download_done_before=done_before,
             apply_error=error,
+            pvc_age_seconds=age_seconds(pvc, now()),
         )
 
     async def _read_progress(self, key: Key, pods: list[Manifest]) -> status.Progress | None:

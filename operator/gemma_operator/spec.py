@@ -72,6 +72,7 @@ class CacheSpec(_Model):
 class DownloadSpec(_Model):
     backoff_limit: int = 4
     active_deadline_seconds: int | None = None
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class RolloutSpec(_Model):

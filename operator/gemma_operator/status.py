@@ -39,6 +39,12 @@ class Observed:
     download_done_before: bool = False
     # A failure of the pass itself (e.g. the API server refused a child), shown as Degraded.
     apply_error: str | None = None
+    # How long the cache claim has existed: a claim is Pending for a moment before it binds, and only a
+    # claim that stays Pending is worth a warning.
+    pvc_age_seconds: float = 0.0
+
+
+PVC_PENDING_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,14 @@ def model_ready(gd: GemmaDeployment, obs: Observed) -> bool:
     return not gd.needs_download or obs.download_done_before or job_state(obs.job) == "Succeeded"
 
 
-def pvc_pending_message(gd: GemmaDeployment, pvc: Manifest | None) -> str | None:
-    if gd.spec.cache.existing_claim or pvc is None:
+def pvc_bound(pvc: Manifest | None) -> bool:
+    return pvc is not None and (pvc.get("status") or {}).get("phase") == "Bound"
+
+
+def pvc_pending_message(gd: GemmaDeployment, pvc: Manifest | None, age_seconds: float) -> str | None:
+    if gd.spec.cache.existing_claim or pvc is None or pvc_bound(pvc) or age_seconds < PVC_PENDING_GRACE_SECONDS:
         return None
     phase = (pvc.get("status") or {}).get("phase")
-    if phase == "Bound":
-        return None
     cls = (pvc.get("spec") or {}).get("storageClassName") or "the default class"
     return (
         f"cache volume {gd.cache_claim_name} is {phase or 'Pending'}: waiting for a PersistentVolume of storage class "
@@ -122,9 +130,13 @@ def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
         return Finding(True, "Downloaded", f"{model} is on volume {gd.cache_claim_name}")
     if state == "Failed":
         return Finding(False, "DownloadFailed", download_failure_message(gd, obs.job, obs.job_pods))
-    pending = pvc_pending_message(gd, obs.pvc)
+    pending = pvc_pending_message(gd, obs.pvc, obs.pvc_age_seconds)
     if pending:
         return Finding(False, "CacheVolumePending", pending)
+    blocked = pod_problems(obs.job_pods)
+    if blocked:
+        _, text = _problems_text(blocked)
+        return Finding(False, "DownloadBlocked", f"the download of {model} cannot run: {text}")
     if state == "Running":
         return Finding(False, "Downloading", f"downloading {model}{_progress_text(obs.progress)}")
     return Finding(False, "DownloadPending", f"waiting for the download Job of {model} to start")
@@ -229,9 +241,10 @@ def verdict(gd: GemmaDeployment, obs: Observed) -> Verdict:
     model = model_finding(gd, obs)
     if not model.status:
         failed = model.reason == "DownloadFailed"
-        phase = "Failed" if failed else ("Pending" if model.reason == "CacheVolumePending" else "Downloading")
+        stuck = model.reason in ("CacheVolumePending", "DownloadBlocked")
+        phase = "Failed" if failed else ("Pending" if stuck else "Downloading")
         waiting = Finding(False, "WaitingForModel", "servers start once the model is on the cache volume")
-        degraded = Finding(True, model.reason, model.message) if failed or obs.apply_error else Finding(False, "AsExpected", "")
+        degraded = Finding(True, model.reason, model.message) if failed or stuck else Finding(False, "AsExpected", "")
         if obs.apply_error:
             degraded = Finding(True, "ApplyFailed", obs.apply_error)
         progressing = Finding(not failed, "Downloading" if not failed else model.reason, model.message)

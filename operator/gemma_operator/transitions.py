@@ -12,6 +12,7 @@ _MODEL_EVENTS = {
     "Downloaded": ("Normal", "DownloadSucceeded"),
     "DownloadFailed": ("Warning", "DownloadFailed"),
     "CacheVolumePending": ("Warning", "CacheVolumePending"),
+    "DownloadBlocked": ("Warning", "DownloadBlocked"),
 }
 
 
@@ -30,7 +31,7 @@ def events_between(old: Manifest, new: Manifest) -> list[EventSpec]:
         found.append((type_, reason, new_model.get("message", "")))
     old_deg, new_deg = _condition(old, "Degraded"), _condition(new, "Degraded")
     if new_deg.get("status") == "True" and new_deg.get("reason") != old_deg.get("reason") \
-            and new_deg.get("reason") != "DownloadFailed":
+            and new_deg.get("reason") not in _MODEL_EVENTS:
         found.append(("Warning", new_deg.get("reason", "Degraded"), new_deg.get("message", "")))
     if new.get("phase") == "Ready" and old.get("phase") != "Ready":
         avail = _condition(new, "Available")

@@ -72,7 +72,7 @@ def test_explain_teaches_the_fields(crd: kube.Cluster) -> None:
 
 
 def test_scale_to_three_and_beyond_the_cluster(crd: kube.Cluster, namespace: str, operator: OperatorProcess) -> None:
-    wait_gpus_free(crd)
+    wait_gpus_free(crd, needed=8)
     apply_seed(crd, namespace)
     wait_phase(crd, namespace, "Ready", timeout=90)
 
@@ -178,7 +178,7 @@ def test_failed_download_is_told_and_fixing_the_spec_recovers(
     # KWOK plays the download pod failing the way the downloader fails for an unknown model: exit 3 and a
     # one-line termination message (the downloader itself is tested against stand-in hubs in tests/download).
     bad = seed(model={"id": "LLM-Research/gemma-3-4b-itx", "source": "modelscope"},
-               podAnnotations={"sim.gemma.ai/state": "download-failed"}, download={"backoffLimit": 0})
+               download={"backoffLimit": 0, "podAnnotations": {"sim.gemma.ai/state": "download-failed"}})
     crd.apply(bad, namespace)
     st = wait_phase(crd, namespace, "Failed", timeout=60)
     model = condition(st, "ModelReady")
@@ -189,7 +189,7 @@ def test_failed_download_is_told_and_fixing_the_spec_recovers(
     assert crd.get("deployment", "gemma", namespace) is None
 
     crd.apply(seed(), namespace)  # the model id fixed (kubectl apply also drops the simulated fault)
-    assert "podAnnotations" not in crd.get("gemma", "gemma", namespace)["spec"]
+    assert "podAnnotations" not in crd.get("gemma", "gemma", namespace)["spec"]["download"]
     wait_phase(crd, namespace, "Ready", timeout=90)
     wait_for(lambda: len(crd.kubectl_json("get", "jobs", "-n", namespace)["items"]) == 1,
              timeout=30, message="the failed download's Job removed")

@@ -70,8 +70,11 @@ def test_failed_job_without_pod_message_falls_back_to_the_job(gd: GemmaDeploymen
     assert "backoff limit" in cond(st, "ModelReady")["message"]
 
 
-def test_pending_cache_volume_says_so(gd: GemmaDeployment) -> None:
-    obs = status.Observed(job=job(), pvc={"spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}})
+def test_pending_cache_volume_says_so_once_it_stays_pending(gd: GemmaDeployment) -> None:
+    pvc = {"spec": {"storageClassName": "fast"}, "status": {"phase": "Pending"}}
+    fresh = status.compute_status(gd, status.Observed(job=job(), pvc=pvc, pvc_age_seconds=1), {}, NOW)
+    assert cond(fresh, "ModelReady")["reason"] == "DownloadPending"
+    obs = status.Observed(job=job(), pvc=pvc, pvc_age_seconds=6)
     st = status.compute_status(gd, obs, {}, NOW)
     assert st["phase"] == "Pending"
     assert cond(st, "ModelReady")["reason"] == "CacheVolumePending"
@@ -165,3 +168,11 @@ def test_events_on_transitions() -> None:
 def test_merge_patch_nulls_removed_keys() -> None:
     assert transitions.merge_patch({"download": {"percent": 5, "bytesDone": 1}}, {"download": {"percent": 100}}) == {
         "download": {"percent": 100, "bytesDone": None}}
+
+
+def test_download_pod_that_cannot_run_is_named(gd: GemmaDeployment) -> None:
+    st = status.compute_status(gd, status.Observed(job=job(active=1), job_pods=[unschedulable_pod()]), {}, NOW)
+    assert st["phase"] == "Pending"
+    model = cond(st, "ModelReady")
+    assert model["reason"] == "DownloadBlocked" and "Insufficient nvidia.com/gpu" in model["message"]
+    assert cond(st, "Degraded")["status"] == "True"
