@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from . import builders, status, transitions
+from .download.progress import last_event
 from .events import Recorder, now
 from .kube import ApiError, KubeClient
 from .settings import Settings
@@ -71,15 +72,11 @@ def age_seconds(obj: Manifest | None, now_text: str) -> float:
 
 
 def parse_progress(log_tail: str) -> status.Progress | None:
-    """The downloader's last progress line ({"event": "progress", "bytesDone", "bytesTotal"})."""
-    for line in reversed(log_tail.strip().splitlines()):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "bytesTotal" in record:
-            return status.Progress(int(record.get("bytesDone") or 0), int(record["bytesTotal"]))
-    return None
+    """The downloader's newest progress, from the tail of its log (its stdout is JSON event lines)."""
+    event = last_event(log_tail)
+    if event is None or "bytesTotal" not in event:
+        return None
+    return status.Progress(int(event.get("bytesDone") or 0), int(event["bytesTotal"]))
 
 
 class Reconciler:

@@ -18,7 +18,7 @@ class ApiServer:
     """The running kube-apiserver of hack/cluster.sh, restartable with its exact command line."""
 
     def __init__(self) -> None:
-        self.pid = int(PID_FILE.read_text().strip())
+        self.pid = _find_pid()
         proc = Path(f"/proc/{self.pid}")
         self.argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
         self.env = dict(
@@ -40,6 +40,21 @@ class ApiServer:
                                     start_new_session=True)
         self.pid = proc.pid
         PID_FILE.write_text(f"{proc.pid}\n")  # hack/cluster.sh status and down follow the pid file
+
+
+def _find_pid() -> int:
+    """The live kube-apiserver of the local cluster (the pid file can be stale after a restart)."""
+    binary = str(LOCAL_CLUSTER_DIR / "kwok" / "clusters" / "gemma" / "bin" / "kube-apiserver")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0", 1)[0].decode()
+        except OSError:
+            continue
+        if argv0 == binary and not _is_zombie(int(proc.name)):
+            return int(proc.name)
+    raise RuntimeError(f"no running {binary}")
 
 
 def _is_zombie(pid: int) -> bool:
