@@ -15,7 +15,7 @@ Manifest = dict[str, Any]
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_event(body: Manifest, type_: str, reason: str, message: str, timestamp: str) -> Manifest:

@@ -37,12 +37,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def gemma_deployment_event(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def gemma_deployment_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     memo.runtime.on_event(KIND, event)
 
 
 def _child_handler(kind: str) -> Any:
-    async def handler(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    async def handler(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         memo.runtime.on_event(kind, event)
 
     handler.__name__ = f"{kind.lower()}_event"

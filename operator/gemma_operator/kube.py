@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import kopf
+from prometheus_client import Histogram
 
 from . import metrics
 from .settings import FIELD_MANAGER, USER_AGENT
 
 Manifest = dict[str, Any]
+
+API_SECONDS = Histogram(
+    "gemma_operator_api_request_duration_seconds",
+    "Duration of the operator client's requests to the API server, including waiting for a free connection.",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 # kind -> (API prefix, plural)
 RESOURCES: dict[str, tuple[str, str]] = {
@@ -68,7 +77,7 @@ class KubeClient:
         self._headers = info.as_http_headers() | {"User-Agent": USER_AGENT}
         ctx: ssl.SSLContext | bool = False if info.insecure else info.as_ssl_context()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ctx, limit=32),
+            connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 
@@ -83,13 +92,17 @@ class KubeClient:
         data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
         headers = self._headers | ({"Content-Type": content_type} if data is not None else {})
         metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
-        async with self._session.request(method, url, data=data, headers=headers) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                raise _api_error(resp.status, text)
-            if resp.content_type == "application/json" and text:
-                return json.loads(text)
-            return text
+        started = time.perf_counter()
+        try:
+            async with self._session.request(method, url, data=data, headers=headers) as resp:
+                text = await resp.text()
+        finally:
+            API_SECONDS.labels(verb=verb, resource=resource).observe(time.perf_counter() - started)
+        if resp.status >= 400:
+            raise _api_error(resp.status, text)
+        if resp.content_type == "application/json" and text:
+            return json.loads(text)
+        return text
 
     async def apply(self, manifest: Manifest, force: bool = True) -> Manifest:
         """Server-side apply with the operator's one field manager."""

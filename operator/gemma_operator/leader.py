@@ -23,7 +23,7 @@ class LeadershipLost(Exception):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _micro(t: datetime.datetime) -> str:
@@ -33,7 +33,7 @@ def _micro(t: datetime.datetime) -> str:
 def _parse(value: str | None) -> datetime.datetime | None:
     if not value:
         return None
-    return datetime.datetime.strptime(value.replace("Z", ""), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.timezone.utc)
+    return datetime.datetime.strptime(value.replace("Z", ""), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.UTC)
 
 
 def expired(lease: Manifest, now: datetime.datetime) -> bool:

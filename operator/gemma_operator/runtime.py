@@ -60,7 +60,7 @@ class Runtime:
         started = time.perf_counter()
         try:
             again = await self.reconciler.reconcile(key)
-        except (ApiError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as err:
             # The API server is away or refused a write: try again later, with backoff, without a traceback.
             failures = self._failures[key] = self._failures.get(key, 0) + 1
             delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** failures)
@@ -68,7 +68,7 @@ class Runtime:
             metrics.RECONCILES.labels(kind=KIND, result="error").inc()
             self.queue.add_after(key, delay)
             return
-        except Exception:  # noqa: BLE001 - a bug must not stop the worker serving other resources
+        except Exception:
             log.exception("unexpected error reconciling %s/%s", *key)
             metrics.RECONCILES.labels(kind=KIND, result="error").inc()
             self.queue.add_after(key, MAX_BACKOFF_SECONDS)

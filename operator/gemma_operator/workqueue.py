@@ -7,11 +7,20 @@ at once, and a key marked dirty while it is processed is queued again when it is
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
+
+from prometheus_client import Histogram
 
 from . import metrics
 
 Key = tuple[str, str]
+
+QUEUE_WAIT = Histogram(
+    "gemma_operator_queue_wait_seconds",
+    "Time a GemmaDeployment key waited in the work queue before a worker took it.",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 
 class WorkQueue:
@@ -21,7 +30,9 @@ class WorkQueue:
         self._processing: set[Key] = set()
         self._dirty: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
-        self._ready = asyncio.Condition()
+        self._added_at: dict[Key, float] = {}
+        # Idle workers, each waiting on a future; add() wakes exactly one (no task, no lock per add).
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def add(self, key: Key) -> None:
         if key in self._processing:
@@ -30,8 +41,9 @@ class WorkQueue:
         if key not in self._queued:
             self._queued.add(key)
             self._queue.append(key)
+            self._added_at[key] = time.monotonic()
             metrics.QUEUE_DEPTH.set(len(self._queue))
-            asyncio.get_running_loop().create_task(self._notify())
+            self._wake_one()
 
     def add_after(self, key: Key, delay: float) -> None:
         """Queue the key once `delay` seconds from now (an earlier timer for it wins)."""
@@ -45,18 +57,29 @@ class WorkQueue:
 
         self._timers[key] = loop.call_later(delay, fire)
 
-    async def _notify(self) -> None:
-        async with self._ready:
-            self._ready.notify()
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def get(self) -> Key:
-        async with self._ready:
-            await self._ready.wait_for(lambda: bool(self._queue))
-            key = self._queue.popleft()
-            self._queued.discard(key)
-            self._processing.add(key)
-            metrics.QUEUE_DEPTH.set(len(self._queue))
-            return key
+        while not self._queue:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken and cancelled at once: pass the wake-up on
+                raise
+        key = self._queue.popleft()
+        self._queued.discard(key)
+        self._processing.add(key)
+        QUEUE_WAIT.observe(time.monotonic() - self._added_at.pop(key, time.monotonic()))
+        metrics.QUEUE_DEPTH.set(len(self._queue))
+        return key
 
     def done(self, key: Key) -> None:
         self._processing.discard(key)
