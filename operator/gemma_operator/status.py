@@ -220,7 +220,7 @@ def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
 def rollout_done(deployment: Manifest, desired: int) -> bool:
     status = deployment.get("status") or {}
     generation = (deployment.get("metadata") or {}).get("generation", 0)
-    return (
+    return bool(
         status.get("observedGeneration", 0) >= generation
         and status.get("updatedReplicas", 0) >= desired
         and status.get("replicas", 0) == desired
