@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     settings = Settings(**({"workers": args.workers} if args.workers else {}))
     client = kube.KubeClient(kube.login())
+    try:
+        await _serve(args, settings, client)
+    finally:
+        await client.close()
+
+
+async def _serve(args: argparse.Namespace, settings: Settings, client: kube.KubeClient) -> None:
     await httpserver.start(args.http_port)
     tasks: list[asyncio.Task[None]] = []
     if args.leader_election:
