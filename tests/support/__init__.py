@@ -1,0 +1,1 @@
+"""Shared helpers of the test suites (tests.support.kube: cluster access and wait_for)."""
