@@ -176,3 +176,15 @@ def test_download_pod_that_cannot_run_is_named(gd: GemmaDeployment) -> None:
     model = cond(st, "ModelReady")
     assert model["reason"] == "DownloadBlocked" and "Insufficient nvidia.com/gpu" in model["message"]
     assert cond(st, "Degraded")["status"] == "True"
+
+
+def test_missing_secret_reported_by_the_kubelet_is_named(gd: GemmaDeployment) -> None:
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "no-such-secret" not found'}
+    pod = {"metadata": {"name": "s"}, "status": {"containerStatuses": [{"ready": False, "state": {"waiting": waiting}}]}}
+    served = status.compute_status(gd, status.Observed(job=job("Complete"), deployment=deployment(0, 1), server_pods=[pod]), {}, NOW)
+    assert served["phase"] == "Degraded"
+    assert cond(served, "Degraded")["reason"] == "ContainerConfigError"
+    assert 'secret "no-such-secret" not found' in cond(served, "Degraded")["message"]
+    downloading = status.compute_status(gd, status.Observed(job=job(active=1), job_pods=[pod]), {}, NOW)
+    assert cond(downloading, "ModelReady")["reason"] == "DownloadBlocked"
+    assert 'secret "no-such-secret" not found' in cond(downloading, "ModelReady")["message"]
