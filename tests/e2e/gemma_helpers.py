@@ -69,12 +69,14 @@ def wait_gpus_free(cluster: kube.Cluster, needed: int = 1, timeout: float = 180)
              message=f"{needed} free GPUs")
 
 
-def operator_writes(cluster: kube.Cluster) -> list[Manifest]:
-    """Write requests of the operator in the API server's audit log."""
+def operator_writes(cluster: kube.Cluster, namespace: str) -> list[Manifest]:
+    """Write requests of the operator to one namespace, from the API server's audit log."""
     assert cluster.audit_log is not None, "needs the local cluster's audit log"
     writes = []
     with open(cluster.audit_log, encoding="utf-8") as f:
         for line in f:
             if '"userAgent":"gemma-operator' in line or '"userAgent":"kopf' in line:
-                writes.append(json.loads(line))
+                entry = json.loads(line)
+                if (entry.get("objectRef") or {}).get("namespace") == namespace:
+                    writes.append(entry)
     return writes

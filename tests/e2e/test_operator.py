@@ -143,19 +143,19 @@ def test_no_writes_when_nothing_changes(crd: kube.Cluster, namespace: str, opera
     apply_seed(crd, namespace)
     wait_phase(crd, namespace, "Ready", timeout=90)
     # Let the last status write and its watch echo settle: no write for 5 s in a row.
-    wait_for(lambda: _quiet_for(crd, 5), timeout=60, message="the operator to go quiet")
-    before = len(operator_writes(crd))
+    wait_for(lambda: _quiet_for(crd, namespace, 5), timeout=60, message="the operator to go quiet")
+    before = len(operator_writes(crd, namespace))
     rv_before = crd.get("gemma", "gemma", namespace)["metadata"]["resourceVersion"]
     time.sleep(60)  # the measurement window itself: nothing may happen in it
-    writes = operator_writes(crd)[before:]
+    writes = operator_writes(crd, namespace)[before:]
     assert writes == [], f"the operator wrote while nothing changed: {[(w['verb'], w['requestURI']) for w in writes]}"
     assert crd.get("gemma", "gemma", namespace)["metadata"]["resourceVersion"] == rv_before
 
 
-def _quiet_for(cluster: kube.Cluster, seconds: float) -> bool:
-    count = len(operator_writes(cluster))
+def _quiet_for(cluster: kube.Cluster, namespace: str, seconds: float) -> bool:
+    count = len(operator_writes(cluster, namespace))
     time.sleep(seconds)
-    return len(operator_writes(cluster)) == count
+    return len(operator_writes(cluster, namespace)) == count
 
 
 def test_deleting_removes_the_children(crd: kube.Cluster, namespace: str, operator: OperatorProcess) -> None:
