@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local cluster's tools from upstream Go modules (no release downloads):
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl,
-# helm, and the chart tests' linters kubeconform and kube-score. Each binary is built once per version into $GEMMA_CACHE/bin and
+# helm, and the chart tests' linters kubeconform and kube-score (`build-tools.sh lint-tools`).
+# Each binary is built once per version into $GEMMA_CACHE/bin and
 # symlinked as $GEMMA_CACHE/bin/current/<name>.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -88,7 +89,7 @@ for tool in $want; do
     kube-score)
       # The manifest linter of tests/chart. kube-linter would be the first choice, but its module
       # (golang.stackrox.io/kube-linter, also under github.com/stackrox/kube-linter) is not served by the
-      # Go module proxy this project can reach; kube-score covers the same checks (see tests/chart/README.md).
+      # Go module proxy this project can reach; kube-score covers its workload checks (see tests/chart/lint-exceptions.yaml).
       go_install kube-score "$KUBE_SCORE_VERSION" "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION" \
         "-X main.version=$KUBE_SCORE_VERSION" ;;
     lint-tools)

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 bash hack/venv.sh
-bash hack/build-tools.sh all kubeconform
+bash hack/build-tools.sh all lint-tools
 bash hack/cluster.sh up >/dev/null
 if [ $# -eq 0 ]; then
   set -- tests/unit tests/cluster tests/download tests/chart tests/e2e tests/serving

@@ -54,10 +54,15 @@ async def _serve(args: argparse.Namespace, settings: Settings, client: kube.Kube
         tasks.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     runtime = Runtime(client, settings)
     tasks += runtime.start_workers()
+    kopf_settings = kopf.OperatorSettings()
+    # With fixed namespaces there is nothing to discover: scanning would list namespaces and CRDs
+    # cluster-wide, which a namespaced install (Roles only) may not do.
+    kopf_settings.scanning.disabled = bool(args.namespace)
     operator = asyncio.create_task(kopf.operator(
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         memo=kopf.Memo(runtime=runtime),
+        settings=kopf_settings,
         standalone=True,
     ), name="kopf")
     tasks.append(operator)
