@@ -39,7 +39,7 @@ def render(helm: str) -> Render:
     """render(*helm_args, release="gemma-operator", namespace="gemma-system") -> the rendered YAML.
 
     Offline (helm template) for the Kubernetes version the project pins: a helm built from its Go
-    module without Helm's release ldflags assumes Kubernetes v1.20 (see docs/install.md).
+    module without Helm's release ldflags assumes Kubernetes v1.20 (see docs/architecture.md, "Chart and tooling notes").
     """
 
     def _render(*args: str, release: str = "gemma-operator", namespace: str = "gemma-system") -> str:

@@ -70,7 +70,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The rules of the operator in the namespaces it manages; the same list goes into the ClusterRole (all
 namespaces) or into one Role per watched namespace. Every rule is a call the operator makes; see
-the RBAC table in docs/install.md.
+the RBAC table in the README.
 */}}
 {{- define "gemma-operator.rules" -}}
 # Watch GemmaDeployments (kopf lists and watches them).
