@@ -6,10 +6,14 @@
 # KWOK simulates the pods (the download Job completes, the vLLM pod becomes Ready): the control
 # plane, scheduler, controllers and operator are real. The operator stops when the demo ends;
 # the cluster stays up (hack/cluster.sh down stops it).
+#   hack/demo.sh --serve   also runs the Deployment's vLLM container for real as a local process
+#                          (CPU build of vLLM, tiny generated Gemma 3) and calls it with examples/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 NS=${DEMO_NAMESPACE:-gemma-demo}
+SERVE=0
+[ "${1:-}" = --serve ] && SERVE=1
 
 bash hack/build-tools.sh all
 bash hack/cluster.sh up
@@ -53,4 +57,8 @@ endpoint=$(kubectl -n "$NS" get gemma gemma -o jsonpath='{.status.endpoint}')
 log "Ready. In-cluster OpenAI endpoint: $endpoint"
 echo "  from a pod:  curl $endpoint/models"
 echo "               OPENAI_BASE_URL=$endpoint python examples/vllm_openai_chat_completions.py"
+if [ $SERVE = 1 ]; then
+  log "running the vLLM server of deployment/gemma for real (hack/serve_local.py)"
+  .venv/bin/python hack/serve_local.py "$NS" gemma
+fi
 echo "  the cluster stays up: eval \"\$(hack/cluster.sh env)\"; kubectl -n $NS get gemma   (stop: hack/cluster.sh down)"

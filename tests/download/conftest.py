@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from gemma_operator.paths import manifest_path, model_dir
-from hubs import HuggingFaceHub, ModelScopeHub, Repo, StandInHub, make_repo_files
+from tests.download.hubs import HuggingFaceHub, ModelScopeHub, Repo, StandInHub, make_repo_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HUBS: dict[str, tuple[type[StandInHub], str, str]] = {

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import Case, sha256_file, wait_until
+from tests.download.conftest import Case, sha256_file, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from tests.download.conftest import wait_until
 from gemma_operator.download.errors import DownloadError, Reason, describe
 from gemma_operator.download.listing import Listing, RepoFile
 from gemma_operator.download.progress import (
