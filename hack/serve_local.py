@@ -34,6 +34,8 @@ def main(namespace: str, name: str) -> int:
         server = harness.run_rendered_server(deployment, model, venv=venv, workdir=Path(tmp) / "server")
         try:
             print(f"ready after {server.ready_seconds:.0f}s: {' '.join(server.argv)}")
+            print("(the tiny model's weights are random, so its words are noise; the server, the OpenAI API and"
+                  " the client code are the real ones)")
             env = os.environ | {"OPENAI_BASE_URL": server.openai_base_url, "OPENAI_API_KEY": "EMPTY"}
             for script in ("vllm_openai_completions.py", "vllm_openai_chat_completions.py"):
                 print(f"\n$ OPENAI_BASE_URL={server.openai_base_url} python examples/{script}")
