@@ -29,7 +29,10 @@ class Settings:
     progress_interval_seconds: float = field(
         default_factory=lambda: float(_env("PROGRESS_INTERVAL_SECONDS", "5"))
     )
-    workers: int = field(default_factory=lambda: int(_env("WORKERS", "8")))
+    # Concurrent reconcile passes. A pass is almost all waiting on the API server (about 3 ms of CPU in
+    # 200-450 ms under load, docs/benchmarks.md), so the work queue, not the CPU, is the limit with few
+    # workers: at N=500 eight workers queue the last GemmaDeployment's first pass behind ~60 others.
+    workers: int = field(default_factory=lambda: int(_env("WORKERS", "32")))
 
     def hub_endpoint(self, source: str) -> str:
         return {"modelscope": self.modelscope_endpoint, "huggingface": self.huggingface_endpoint}.get(source, "")

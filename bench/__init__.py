@@ -1,0 +1,1 @@
+"""Benchmarks of gemma-operator (see docs/benchmarks.md)."""
