@@ -3,6 +3,7 @@ cluster differs; status from the pure status function, written only when it chan
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import json
@@ -135,10 +136,17 @@ class Reconciler:
             # A Job's template is immutable: it is created once; a new model gets a Job of a new name.
             await self._ensure(gd, job, create_only=True)
             await self._delete_stale_jobs(gd, job["metadata"]["name"])
-        await self._ensure(gd, builders.build_service(gd))
+        wanted = [builders.build_service(gd)]
         observed = await self._observe(gd, previous, None, read_progress=False)
         if status.model_ready(gd, observed):
-            await self._ensure(gd, builders.build_server_deployment(gd, self.settings))
+            wanted.insert(0, builders.build_server_deployment(gd, self.settings))
+        # Together, not one after the other: a Service create is the slowest write of a burst (the API
+        # server allocates its IP), and the Deployment, which takes the longest to become ready, should not
+        # wait behind it (docs/benchmarks.md).
+        results = await asyncio.gather(*(self._ensure(gd, child) for child in wanted), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _ensure(self, gd: GemmaDeployment, desired: Manifest, create_only: bool = False) -> None:
         desired = with_spec_hash(desired)
