@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="act only while holding a Lease (for more than one replica)")
     p.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     p.add_argument("--leader-election-id", default="gemma-operator-leader")
-    p.add_argument("--workers", type=int, default=None, help="concurrent reconcile passes (default 8)")
+    p.add_argument("--workers", type=int, default=None, help="concurrent reconcile passes (default 32)")
     p.add_argument("--log-level", default=os.environ.get("GEMMA_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 
