@@ -16,18 +16,15 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import kopf
 
+from gemma_operator import kube as operator_kube
+
 Manifest = dict[str, Any]
 
-# kind -> (API prefix, plural)
-RESOURCES: dict[str, tuple[str, str]] = {
+# kind -> (API prefix, plural): the operator's own table, plus the kinds only the benchmark touches.
+RESOURCES: dict[str, tuple[str, str]] = operator_kube.RESOURCES | {
     "Namespace": ("/api/v1", "namespaces"),
     "Node": ("/api/v1", "nodes"),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
-    "Service": ("/api/v1", "services"),
-    "Pod": ("/api/v1", "pods"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "GemmaDeployment": ("/apis/gemma.ai/v1alpha1", "gemmadeployments"),
 }
 FIELD_MANAGER = "gemma-bench"
 
