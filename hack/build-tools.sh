@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local cluster's tools from upstream Go modules (no release downloads):
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok, kwokctl,
-# helm, and the chart tests' linters kubeconform and kube-score (`build-tools.sh lint-tools`).
+# helm, the real node's kubelet, kube-proxy and CoreDNS, and the chart tests' linters
+# kubeconform and kube-score (`build-tools.sh lint-tools`).
 # Each binary is built once per version into $GEMMA_CACHE/bin and
 # symlinked as $GEMMA_CACHE/bin/current/<name>.
 set -euo pipefail
@@ -16,10 +17,10 @@ have() { [ -x "$TOOLS_BIN/$1-$2/$1" ]; }
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION staging="v0${KUBERNETES_VERSION#v1}" out="$TOOLS_BIN/kubernetes-$KUBERNETES_VERSION"
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0 c
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=0 c
   for c in "${cmds[@]}"; do [ -x "$out/$c" ] || missing=1; done
   if [ $missing = 1 ]; then
-    log "building Kubernetes $v (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); a cold build takes tens of minutes"
+    log "building Kubernetes $v (${cmds[*]}); a cold build takes about ten minutes"
     local mod="$GEMMA_CACHE/modules/kubernetes-$v"
     mkdir -p "$mod"
     # k8s.io/kubernetes replaces its staging modules with local paths; map each one to
@@ -83,6 +84,8 @@ for tool in $want; do
       go_install kwokctl "$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION" "-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
       build_kubernetes
       go_install helm "$HELM_VERSION" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      # The real node's cluster DNS (hack/node.sh); same client-go minor as the control plane.
+      go_install coredns "$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION"
       ;;
     kubeconform)
       go_install kubeconform "$KUBECONFORM_VERSION" "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION" ;;

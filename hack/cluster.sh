@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local Kubernetes cluster: a real control plane (etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler built from the upstream Go modules by
-# hack/build-tools.sh) started by `kwokctl --runtime binary`, with KWOK simulating the nodes
-# and the pod lifecycle (no kubelet, no containers).
+# hack/build-tools.sh) started by `kwokctl --runtime binary`, with KWOK simulating the GPU nodes
+# and their pod lifecycle, and one real node (hack/node.sh: kubelet, containerd, runc, CNI,
+# kube-proxy, CoreDNS in a network namespace) whose pods really run.
 #
 #   hack/cluster.sh up      build missing tools, start (or reuse) the cluster, wait for Ready nodes
 #   hack/cluster.sh down    stop every process of the cluster and delete its state
@@ -14,10 +15,14 @@
 #
 # `up` starts again a cluster whose processes are all gone (reboot), but never restarts a
 # partly running one under its users: it waits for it to recover, else fails and asks for
-# `restart`. Environment: CLUSTER_UP_TIMEOUT (s, default 120).
+# `restart`. Environment: CLUSTER_UP_TIMEOUT (s, default 120); GEMMA_REAL_NODE=0 leaves out the
+# real node (a KWOK-only cluster, no root needed).
 #
 # Nodes (hack/cluster/nodes.yaml): gpu-node-1 and gpu-node-2 with nvidia.com/gpu: 4 and the
-# label nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3, and cpu-node-1 without GPUs.
+# label nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3, and cpu-node-1 without GPUs; and the real
+# node gemma-real-node (nvidia.com/gpu: 4 advertised as an extended resource, label
+# gemma.ai/node=real, taint gemma.ai/real-node=true:NoSchedule; see hack/node.sh for how a
+# namespace sends its pods there).
 # Pod lifecycle and fault injection: KWOK stages in hack/cluster/stages.yaml (pods annotated
 # sim.gemma.ai/state=download-failed|image-pull-error|crash-loop|oom misbehave on purpose).
 #
@@ -52,8 +57,12 @@ UP_TIMEOUT=${CLUSTER_UP_TIMEOUT:-120}
 # HTTP(S) request of kwokctl or the components it starts to a non-loopback address goes to a
 # closed local port and fails at once (Go never proxies loopback addresses). Not for
 # build-tools.sh, which needs the Go module proxy.
-NO_DOWNLOADS=(HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 "NO_PROXY=127.0.0.1,localhost"
-  http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 "no_proxy=127.0.0.1,localhost")
+# The real node's network (10.250.0.0/24, hack/node.sh) is exempt: the API server calls its
+# kubelet there (logs, exec, port-forward).
+NO_DOWNLOADS=(HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 "NO_PROXY=127.0.0.1,localhost,10.250.0.0/24"
+  http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9 "no_proxy=127.0.0.1,localhost,10.250.0.0/24")
+REAL_NODE=${GEMMA_REAL_NODE:-1}
+node_() { GEMMA_CLUSTER_NAME=$CLUSTER_NAME GEMMA_CLUSTER_DIR=$CLUSTER_DIR bash "$REPO_ROOT/hack/node.sh" "$@"; }
 
 kubectl_() { "$CURRENT/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 kwokctl_() { env "${NO_DOWNLOADS[@]}" "$CURRENT/kwokctl" --name "$CLUSTER_NAME" "$@"; }
@@ -107,7 +116,7 @@ cluster_pids() {
 render_config() {
   mkdir -p "$CLUSTER_DIR/volumes"
   {
-    sed "s|__CLUSTER_DIR__|$CLUSTER_DIR|g" "$REPO_ROOT/hack/cluster/kwokctl.yaml"
+    sed -e "s|__CLUSTER_DIR__|$CLUSTER_DIR|g" -e "s|__CLUSTER_NAME__|$CLUSTER_NAME|g" "$REPO_ROOT/hack/cluster/kwokctl.yaml"
     echo "---"
     sed "s|__VOLUME_ROOT__|$CLUSTER_DIR/volumes|g" "$REPO_ROOT/hack/cluster/stages.yaml"
   } > "$CLUSTER_DIR/kwokctl.yaml"
@@ -244,8 +253,9 @@ cmd_up() {
   nodes=$(kubectl_ apply -f "$REPO_ROOT/hack/cluster/nodes.yaml" -o name)
   # shellcheck disable=SC2086 # (other tools may add nodes of their own: wait for ours)
   kubectl_ wait --for=condition=Ready $nodes --timeout="${UP_TIMEOUT}s" >/dev/null
+  if [ "$REAL_NODE" = 1 ]; then node_ up; fi
   log "cluster $CLUSTER_NAME ready in $((SECONDS - t0))s"
-  kubectl_ get nodes -L nvidia.com/gpu.product >&2
+  kubectl_ get nodes -L nvidia.com/gpu.product,gemma.ai/node >&2
   cat >&2 <<EOF
 
 Use it:
@@ -258,6 +268,9 @@ EOF
 }
 
 cmd_down() {
+  # The real node first (its kubelet would otherwise retry a vanished API server); run even
+  # with GEMMA_REAL_NODE=0, so nothing of an earlier real node is left behind.
+  node_ down >&2
   if [ -d "$KWOK_CLUSTER_DIR" ]; then
     log "deleting cluster $CLUSTER_NAME"
     kwokctl_ delete cluster --kubeconfig "$KUBECONFIG_PATH" >&2 || log "kwokctl delete failed; cleaning up by hand"
@@ -277,7 +290,8 @@ cmd_env() {
 cmd_status() {
   if [ -d "$KWOK_CLUSTER_DIR" ] && api_ready && components_alive; then
     echo "cluster $CLUSTER_NAME is up: KUBECONFIG=$KUBECONFIG_PATH"
-    kubectl_ get nodes -L nvidia.com/gpu.product
+    kubectl_ get nodes -L nvidia.com/gpu.product,gemma.ai/node
+    if [ "$REAL_NODE" = 1 ]; then node_ status; fi
     return 0
   fi
   if [ -d "$KWOK_CLUSTER_DIR" ]; then

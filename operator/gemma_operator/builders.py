@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from . import paths
+from .download.errors import EXIT_PERMANENT, EXIT_USAGE
 from .settings import Settings
 from .spec import API_VERSION, KIND, GemmaDeployment
 
@@ -32,6 +33,7 @@ TMP_DIR = "/tmp"
 # - readiness uses the same endpoint, so a pod gets Service traffic only once the model answers;
 # - liveness tolerates about a minute of a busy server not answering before restarting it.
 STARTUP_PERIOD_SECONDS = 10
+PRE_STOP_SLEEP_SECONDS = 5
 READINESS = {"periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 3, "successThreshold": 1}
 LIVENESS = {"periodSeconds": 15, "timeoutSeconds": 10, "failureThreshold": 4, "successThreshold": 1}
 
@@ -174,6 +176,7 @@ def build_download_job(gd: GemmaDeployment, settings: Settings) -> Manifest | No
     }
     job_spec: Manifest = {
         "backoffLimit": gd.spec.download.backoff_limit,
+        "podFailurePolicy": DOWNLOAD_POD_FAILURE_POLICY,
         "template": {
             "metadata": {"labels": pod_labels, "annotations": _pod_annotations(gd, gd.spec.download.pod_annotations)},
             "spec": pod_spec,
@@ -185,6 +188,18 @@ def build_download_job(gd: GemmaDeployment, settings: Settings) -> Manifest | No
     meta["labels"][DOWNLOAD_HASH_LABEL] = digest
     meta["annotations"] = {"gemma.ai/model-id": model.id, "gemma.ai/revision": model.effective_revision}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+# The downloader's permanent failures (a wrong model id, a missing or refused token, bad arguments) fail
+# the Job at once: another pod cannot fix them, and backoffLimit retries would take minutes during which
+# the resource only says Downloading. A pod that was evicted or preempted does not count as a failure.
+DOWNLOAD_POD_FAILURE_POLICY: Manifest = {
+    "rules": [
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": DOWNLOAD_CONTAINER, "operator": "In", "values": [EXIT_USAGE, EXIT_PERMANENT]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ],
+}
 
 
 def _pod_annotations(gd: GemmaDeployment, extra: dict[str, str]) -> dict[str, str]:
@@ -259,6 +274,10 @@ def _server_container(gd: GemmaDeployment, settings: Settings) -> Manifest:
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        # A pod being replaced keeps serving for a few seconds after it is taken out of the Service, so
+        # that no request is routed to a server that is already shutting down (kube-proxy and other
+        # nodes' endpoints lag the removal). The kubelet's own sleep: no binary is needed in the image.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_SECONDS}}},
         **_probes(gd),
     }
 

@@ -137,9 +137,23 @@ def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
     if blocked:
         _, text = _problems_text(blocked)
         return Finding(False, "DownloadBlocked", f"the download of {model} cannot run: {text}")
+    retrying = _retry_text(gd, obs)
+    if state == "Running" and retrying:
+        return Finding(False, "DownloadRetrying", f"downloading {model}{_progress_text(obs.progress)}; {retrying}")
     if state == "Running":
         return Finding(False, "Downloading", f"downloading {model}{_progress_text(obs.progress)}")
     return Finding(False, "DownloadPending", f"waiting for the download Job of {model} to start")
+
+
+def _retry_text(gd: GemmaDeployment, obs: Observed) -> str:
+    """'attempt 3 of 5, the last one failed: ...' while the Job retries after failed pods, else ''."""
+    failed = int(((obs.job or {}).get("status") or {}).get("failed") or 0)
+    if failed == 0:
+        return ""
+    attempts = gd.spec.download.backoff_limit + 1
+    last = next((m[0] for p in sorted(obs.job_pods, key=_creation, reverse=True) if (m := _terminated_messages(p))),
+                "")
+    return f"attempt {failed + 1} of {attempts}" + (f", the last one failed: {last}" if last else "")
 
 
 def _progress_text(progress: Progress | None) -> str:

@@ -9,6 +9,7 @@ EventSpec = tuple[str, str, str]  # (type, reason, message)
 
 _MODEL_EVENTS = {
     "Downloading": ("Normal", "DownloadStarted"),
+    "DownloadRetrying": ("Warning", "DownloadRetrying"),
     "Downloaded": ("Normal", "DownloadSucceeded"),
     "DownloadFailed": ("Warning", "DownloadFailed"),
     "CacheVolumePending": ("Warning", "CacheVolumePending"),

@@ -176,16 +176,17 @@ class _Dropped(Exception):
 # The server
 # ---------------------------------------------------------------------------------------------------------
 class StandInHub:
-    """Serves `repos` ({model_id: {revision: Repo}}) on 127.0.0.1:<free port> until stopped."""
+    """Serves `repos` ({model_id: {revision: Repo}}) on `host`:`port` (default 127.0.0.1 and a free port)
+    until stopped. The real node's pods reach a hub on 10.250.0.1, the host's end of the node's veth."""
 
-    def __init__(self, repos: dict[str, dict[str, Repo]]) -> None:
+    def __init__(self, repos: dict[str, dict[str, Repo]], host: str = "127.0.0.1", port: int = 0) -> None:
         self.repos = repos
         self.faults = Faults()
         self.log: list[LoggedRequest] = []
         self._log_lock = threading.Lock()
         self._bytes_sent = 0
         self._throttle = _Throttle()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
 
@@ -200,7 +201,8 @@ class StandInHub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
 
     # observations ----------------------------------------------------------------------------------------
     def file_requests(self) -> list[LoggedRequest]:

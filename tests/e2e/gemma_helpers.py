@@ -49,22 +49,32 @@ def ready_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Mani
         c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))]
 
 
+def _simulated_gpu_nodes(cluster: kube.Cluster) -> dict[str, int]:
+    """The KWOK GPU nodes (hack/cluster/nodes.yaml) and their GPUs. The real node (hack/node.sh) is left
+    out: it is tainted, so the e2e tests' pods never land there, and what runs there (a demo's server, the
+    node tests) must not change what these tests count."""
+    nodes = cluster.kubectl_json("get", "nodes", "-l", "type=kwok")["items"]
+    return {n["metadata"]["name"]: int((n["status"].get("allocatable") or {}).get("nvidia.com/gpu", 0)) for n in nodes}
+
+
 def gpus_in_use(cluster: kube.Cluster) -> int:
-    """GPUs requested by pods that are bound to nodes and not finished, in all namespaces."""
+    """GPUs requested on the KWOK GPU nodes by pods that are bound and not finished, in all namespaces."""
+    simulated = _simulated_gpu_nodes(cluster)
     used = 0
     for pod in cluster.kubectl_json("get", "pods", "-A")["items"]:
-        if not pod["spec"].get("nodeName") or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+        if pod["spec"].get("nodeName") not in simulated or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
             continue
         for c in pod["spec"]["containers"]:
             used += int((c.get("resources", {}).get("limits") or {}).get("nvidia.com/gpu", 0))
     return used
 
 
-CLUSTER_GPUS = 8  # hack/cluster.sh: two nodes with nvidia.com/gpu: 4
+CLUSTER_GPUS = 8  # hack/cluster/nodes.yaml: two KWOK nodes with nvidia.com/gpu: 4
 
 
 def wait_gpus_free(cluster: kube.Cluster, needed: int = 1, timeout: float = 180) -> None:
     """Earlier tests' namespaces are deleted in the background; their pods may still hold GPUs."""
+    assert sum(_simulated_gpu_nodes(cluster).values()) == CLUSTER_GPUS, "the KWOK GPU nodes are not as expected"
     wait_for(lambda: CLUSTER_GPUS - gpus_in_use(cluster) >= needed, timeout=timeout, interval=1,
              message=f"{needed} free GPUs")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import IO, NoReturn
 
 from gemma_operator.download import env
-from gemma_operator.download.errors import EXIT_OK, DownloadError, UsageError
+from gemma_operator.download.errors import EXIT_OK, DownloadError, UsageError, cache_error
 from gemma_operator.download.progress import EventWriter
 from gemma_operator.download.request import Request
 from gemma_operator.download.retry import RetryPolicy
@@ -107,15 +107,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     writer = EventWriter(_claim_stdout())
     termination_log = _termination_log_arg(argv)
+    cache_root = CACHE_ROOT
     try:
         request, policy, termination_log = parse(argv)
+        cache_root = request.cache_root
         env.prepare(request.cache_root)
         from gemma_operator.download.runner import run
 
         run(request, writer, policy)
     except DownloadError as error:
-        log.error("download failed: %s", error.message)
-        writer.emit("failed", reason=error.reason.value, message=error.message)
-        write_termination_log(termination_log, error.message)
-        return error.exit_code
+        return _fail(error, writer, termination_log)
+    except OSError as err:
+        classified = cache_error(err, cache_root)
+        if classified is None:
+            raise
+        return _fail(classified, writer, termination_log)
     return EXIT_OK
+
+
+def _fail(error: DownloadError, writer: EventWriter, termination_log: str) -> int:
+    log.error("download failed: %s", error.message)
+    writer.emit("failed", reason=error.reason.value, message=error.message)
+    write_termination_log(termination_log, error.message)
+    return error.exit_code

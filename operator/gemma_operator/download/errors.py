@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import errno
+import os
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -21,6 +23,8 @@ class Reason(str, enum.Enum):
     EMPTY_REPOSITORY = "EmptyRepository"
     INTEGRITY = "IntegrityError"
     HUB_UNAVAILABLE = "HubUnavailable"
+    CACHE_NOT_WRITABLE = "CacheNotWritable"
+    CACHE_FULL = "CacheFull"
 
 
 # Permanent causes end the Job at once: retrying cannot fix a wrong model id or a missing token.
@@ -31,6 +35,9 @@ _PERMANENT = {
     Reason.FORBIDDEN,
     Reason.EMPTY_REPOSITORY,
     Reason.INTEGRITY,
+    # A volume that the pod's user may not write, or that is full, stays so until the spec changes.
+    Reason.CACHE_NOT_WRITABLE,
+    Reason.CACHE_FULL,
 }
 
 
@@ -77,3 +84,21 @@ def describe(reason: Reason, *, source: str, model_id: str, revision: str, detai
     }
     text = texts[reason]
     return DownloadError(reason, f"{text}: {detail}" if detail else text)
+
+
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def cache_error(err: OSError, cache_root: str) -> DownloadError | None:
+    """The classified error for a cache volume the download cannot write, or None for other OS errors."""
+    where = err.filename or cache_root
+    if err.errno in _NOT_WRITABLE:
+        return DownloadError(Reason.CACHE_NOT_WRITABLE, (
+            f"cannot write the model cache volume at {where}: {err.strerror}; the volume must be writable by "
+            f"the download pod's user (uid {os.getuid()}, which the volume's owner, mode or fsGroup support must allow)"))
+    if err.errno in _FULL:
+        return DownloadError(Reason.CACHE_FULL, (
+            f"the model cache volume is full ({err.strerror} writing {where}); raise spec.cache.size "
+            "or free the volume"))
+    return None
