@@ -93,7 +93,9 @@ last="" phase=""
 deadline=$((SECONDS + 900))
 while [ $SECONDS -lt $deadline ]; do
   row=$(kubectl -n "$NS" get gemma gemma --no-headers 2>/dev/null || true)
-  if [ "$row" != "$last" ]; then echo "$row"; last=$row; fi
+  # A new line when something but the AGE column changed.
+  if [ "${row% *}" != "${last% *}" ]; then echo "$row"; fi
+  last=$row
   phase=$(kubectl -n "$NS" get gemma gemma -o jsonpath='{.status.phase}' 2>/dev/null || true)
   [ "$phase" = Ready ] && break
   if [ "$phase" = Failed ]; then kubectl -n "$NS" describe gemma gemma; exit 1; fi

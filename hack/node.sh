@@ -162,6 +162,9 @@ make_netns() {
   "${n[@]}" ip link set lo up
   "${n[@]}" ip addr add "$NODE_IP/24" dev eth0
   "${n[@]}" ip link set eth0 up
+  # The default route ends at the host: the node's and pods' only peers are the host's 10.250.0.1 (API
+  # server forwarder, stand-in hubs). The host does not forward it further unless its own
+  # net.ipv4.ip_forward is on, which this script never turns on.
   "${n[@]}" ip route add default via "$HOST_IP"
   # The host reaches pod IPs through the node (tests probe a pod's port directly); the route goes with the veth.
   ip route add "$POD_CIDR" via "$NODE_IP" dev "$HOST_IF"

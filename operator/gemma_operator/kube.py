@@ -152,11 +152,12 @@ class KubeClient:
             if err.status not in (404, 409):
                 raise
 
-    async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int = 5) -> str:
+    async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int = 5,
+                           previous: bool = False) -> str:
+        """The last `lines` lines of a container's log; with `previous`, of its run before the last restart."""
         path = resource_path("Pod", namespace, pod, "log")
-        text: str = await self._request(
-            "get", "GET", path, "pods/log", params={"container": container, "tailLines": str(lines)}
-        )
+        params = {"container": container, "tailLines": str(lines)} | ({"previous": "true"} if previous else {})
+        text: str = await self._request("get", "GET", path, "pods/log", params=params)
         return text
 
 

@@ -80,6 +80,15 @@ def parse_progress(log_tail: str) -> status.Progress | None:
     return status.Progress(int(event.get("bytesDone") or 0), int(event["bytesTotal"]))
 
 
+def crashed_server(pod: Manifest) -> tuple[str, int] | None:
+    """(pod uid, restart count) when the server container's last run ended in an error, else None."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        if cs.get("name") == builders.SERVER_CONTAINER and last.get("exitCode") not in (None, 0):
+            return (str(pod["metadata"].get("uid") or ""), int(cs.get("restartCount") or 0))
+    return None
+
+
 class Reconciler:
     def __init__(self, client: KubeClient, store: Store, settings: Settings) -> None:
         self.client = client
@@ -87,12 +96,15 @@ class Reconciler:
         self.settings = settings
         self.recorder = Recorder(client)
         self._progress: dict[Key, status.Progress] = {}
+        # Per GemmaDeployment: pod name -> ((uid, restart count) of the crash, that run's log tail).
+        self._crash_logs: dict[Key, dict[str, tuple[tuple[str, int], str]]] = {}
 
     async def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds after which to look again (a running download), or None."""
         body = self.store.get(KIND, *key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self._progress.pop(key, None)
+            self._crash_logs.pop(key, None)
             return None  # the children go with their owner through garbage collection
         previous = dict(body.get("status") or {})
         try:
@@ -191,12 +203,15 @@ class Reconciler:
         if read_progress and status.job_state(job) == "Running":
             progress = await self._read_progress((ns, gd.name), job_pods)
         pvc = self.store.get("PersistentVolumeClaim", ns, gd.cache_claim_name)
+        server_pods = self.store.children("Pod", ns, gd.name, "server")
+        server_logs = await self._read_crash_logs((ns, gd.name), server_pods) if read_progress else {}
         return status.Observed(
             pvc=pvc,
             job=job,
             job_pods=job_pods,
             deployment=self.store.get("Deployment", ns, gd.name),
-            server_pods=self.store.children("Pod", ns, gd.name, "server"),
+            server_pods=server_pods,
+            server_logs=server_logs,
             progress=progress,
             download_done_before=done_before,
             apply_error=error,
@@ -215,6 +230,27 @@ class Reconciler:
             if found is not None:
                 self._progress[key] = found
         return self._progress.get(key)
+
+    async def _read_crash_logs(self, key: Key, pods: list[Manifest]) -> dict[str, str]:
+        """The previous run's log of each crashed server container, read once per crash (a restart count)."""
+        known = self._crash_logs.get(key, {})
+        current: dict[str, tuple[tuple[str, int], str]] = {}
+        for pod in pods:
+            crash = crashed_server(pod)
+            if crash is None:
+                continue
+            name = pod["metadata"]["name"]
+            if name in known and known[name][0] == crash:
+                current[name] = known[name]
+                continue
+            try:
+                text = await self.client.pod_log_tail(key[0], name, builders.SERVER_CONTAINER, lines=200, previous=True)
+            except (ApiError, OSError) as err:
+                log.debug("no log of the crashed server %s/%s: %s", key[0], name, err)
+                text = ""
+            current[name] = (crash, text)
+        self._crash_logs[key] = current
+        return {name: text for name, (_, text) in current.items()}
 
     async def _write_status(self, body: Manifest, previous: Manifest, new: Manifest) -> None:
         patch = transitions.merge_patch(previous, new)

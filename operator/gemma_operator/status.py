@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .crashlog import root_cause
 from .spec import GemmaDeployment
 
 Manifest = dict[str, Any]
@@ -42,6 +43,9 @@ class Observed:
     # How long the cache claim has existed: a claim is Pending for a moment before it binds, and only a
     # claim that stays Pending is worth a warning.
     pvc_age_seconds: float = 0.0
+    # The log of each crashed server container (pod name -> the tail of its previous run's log): the
+    # termination message alone often holds only vLLM's "see root cause above" (crashlog.py).
+    server_logs: dict[str, str] = field(default_factory=dict)
 
 
 PVC_PENDING_GRACE_SECONDS = 5.0
@@ -181,19 +185,27 @@ def download_block(gd: GemmaDeployment, obs: Observed) -> Manifest:
 # ---------------------------------------------------------------- servers
 
 
-def pod_problems(pods: list[Manifest]) -> dict[str, list[str]]:
-    """Why server pods are not ready, grouped by reason: {reason: [messages]}."""
+def pod_problems(pods: list[Manifest], logs: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Why pods are not ready, grouped by reason: {reason: [messages]}; `logs` are crashed containers' logs."""
     problems: dict[str, list[str]] = {}
     for pod in pods:
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        reason, message = _pod_problem(pod)
+        reason, message = _pod_problem(pod, (logs or {}).get((pod.get("metadata") or {}).get("name", ""), ""))
         if reason:
             problems.setdefault(reason, []).append(message)
     return problems
 
 
-def _pod_problem(pod: Manifest) -> tuple[str, str]:
+def crash_detail(termination: Manifest, log: str) -> str:
+    """What a crashed container said: the root cause in its log or its termination message, else the end of
+    the termination message, else the exit code."""
+    message = termination.get("message") or ""
+    cause = root_cause(log) or root_cause(message)
+    return cause or _last_lines(message) or f"exit code {termination.get('exitCode', '?')}"
+
+
+def _pod_problem(pod: Manifest, log: str = "") -> tuple[str, str]:
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
@@ -205,9 +217,12 @@ def _pod_problem(pod: Manifest) -> tuple[str, str]:
             return "ImagePullFailed", f"cannot pull image {cs.get('image', '')}: {waiting.get('message') or waiting['reason']}"
         if last.get("reason") == "OOMKilled":
             return "OOMKilled", "the server was killed for using more memory than its limit (OOMKilled); raise spec.resources.limits.memory"
-        if waiting.get("reason") == "CrashLoopBackOff" or (last and cs.get("restartCount", 0) > 0 and not cs.get("ready")):
-            detail = _last_lines(last.get("message") or "") or f"exit code {last.get('exitCode', '?')}"
-            return "CrashLoopBackOff", f"the server exits: {detail}"
+        if waiting.get("reason") == "CrashLoopBackOff":
+            return "CrashLoopBackOff", f"the server exits: {crash_detail(last, log)}"
+        if last and cs.get("restartCount", 0) > 0 and not cs.get("ready"):
+            # Restarted once or more but not (yet) backing off: a crash, a kill or a failed liveness probe.
+            return "ServerRestarting", (f"the server restarted (restart {cs['restartCount']}) after it exited: "
+                                        f"{crash_detail(last, log)}; waiting for it to be ready again")
         if waiting.get("reason") in ("CreateContainerConfigError", "CreateContainerError"):
             return "ContainerConfigError", waiting.get("message") or waiting["reason"]
     return "", ""
@@ -215,7 +230,8 @@ def _pod_problem(pod: Manifest) -> tuple[str, str]:
 
 def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
     """The most important reason and a message that counts the pods behind each."""
-    order = ["CrashLoopBackOff", "OOMKilled", "ImagePullFailed", "ContainerConfigError", "PodsUnschedulable"]
+    order = ["CrashLoopBackOff", "OOMKilled", "ImagePullFailed", "ContainerConfigError", "ServerRestarting",
+             "PodsUnschedulable"]
     reasons = sorted(problems, key=lambda r: order.index(r) if r in order else len(order))
     labels = {
         "PodsUnschedulable": "unschedulable",
@@ -223,6 +239,7 @@ def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
         "OOMKilled": "out of memory",
         "ImagePullFailed": "failing to pull the image",
         "ContainerConfigError": "with a bad container configuration",
+        "ServerRestarting": "restarting",
     }
     parts = []
     for reason in reasons:
@@ -270,7 +287,7 @@ def _servers_verdict(gd: GemmaDeployment, obs: Observed, model: Finding) -> Verd
     desired = gd.spec.replicas
     dep_status = (obs.deployment or {}).get("status") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
-    problems = pod_problems(obs.server_pods)
+    problems = pod_problems(obs.server_pods, obs.server_logs)
     done = obs.deployment is not None and rollout_done(obs.deployment, desired)
     count = f"{ready}/{desired} ready"
 

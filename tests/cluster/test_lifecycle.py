@@ -83,6 +83,9 @@ def test_up_is_fast_and_idempotent_and_down_leaves_nothing(tmp_path: Path) -> No
         os.environ,
         GEMMA_CLUSTER_DIR=str(cluster_dir),
         GEMMA_CLUSTER_NAME=f"lifecycle-{uuid.uuid4().hex[:6]}",
+        # One real node per machine: its veth, addresses and node name are fixed (hack/node.sh), and the
+        # shared cluster has it. The private cluster is the control plane and KWOK nodes only.
+        GEMMA_REAL_NODE="0",
     )
     env.pop("KUBECONFIG", None)
 

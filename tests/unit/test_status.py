@@ -188,3 +188,14 @@ def test_missing_secret_reported_by_the_kubelet_is_named(gd: GemmaDeployment) ->
     downloading = status.compute_status(gd, status.Observed(job=job(active=1), job_pods=[pod]), {}, NOW)
     assert cond(downloading, "ModelReady")["reason"] == "DownloadBlocked"
     assert 'secret "no-such-secret" not found' in cond(downloading, "ModelReady")["message"]
+
+
+def test_a_restart_that_is_not_backing_off_is_server_restarting(gd: GemmaDeployment) -> None:
+    """A killed vLLM process restarts at once: not a crash loop, but not ready until vLLM has loaded again."""
+    pod = {"metadata": {"name": "s"}, "status": {"containerStatuses": [{
+        "ready": False, "restartCount": 1, "state": {"running": {"startedAt": NOW}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}}
+    st = status.compute_status(gd, status.Observed(job=job("Complete"), deployment=deployment(0, 1), server_pods=[pod]), {}, NOW)
+    degraded = cond(st, "Degraded")
+    assert (st["phase"], degraded["reason"]) == ("Degraded", "ServerRestarting")
+    assert "restart 1" in degraded["message"] and "exit code 137" in degraded["message"]
