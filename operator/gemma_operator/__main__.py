@@ -47,6 +47,7 @@ async def run(args: argparse.Namespace) -> None:
 async def _serve(args: argparse.Namespace, settings: Settings, client: kube.KubeClient) -> None:
     await httpserver.start(args.http_port)
     tasks: list[asyncio.Task[None]] = []
+    elector: LeaderElector | None = None
     if args.leader_election:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaderElector(client, args.leader_election_namespace, args.leader_election_id, identity)
@@ -66,9 +67,18 @@ async def _serve(args: argparse.Namespace, settings: Settings, client: kube.Kube
         standalone=True,
     ), name="kopf")
     tasks.append(operator)
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        task.result()  # re-raise LeadershipLost or a crash so the process exits non-zero
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # re-raise LeadershipLost or a crash so the process exits non-zero
+    finally:
+        # Stop acting first, then hand the Lease over: the standby must not start while a worker of this
+        # replica may still write.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if elector is not None:
+            await elector.release()
 
 
 def main(argv: list[str] | None = None) -> None:

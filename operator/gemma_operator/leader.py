@@ -1,7 +1,10 @@
 """Leader election on a coordination.k8s.io Lease: with several operator replicas, only the holder acts.
 
-A standby replica waits for the Lease to expire; a leader that cannot renew within the Lease's duration
-exits, so two replicas never reconcile at once.
+A standby replica waits for the Lease to expire or to be released; a leader that cannot renew within the
+Lease's duration exits, so two replicas never reconcile at once. A leader that stops on purpose (SIGTERM:
+a rollout, a drained node, a deleted pod) releases the Lease once it has stopped acting, as client-go's
+ReleaseOnCancel does, so that the standby takes over within its retry period instead of the Lease's
+duration.
 """
 
 from __future__ import annotations
@@ -36,8 +39,14 @@ def _parse(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.strptime(value.replace("Z", ""), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.UTC)
 
 
+RETRY_SECONDS = 2
+
+
 def expired(lease: Manifest, now: datetime.datetime) -> bool:
+    """True when nobody holds `lease` any more: released (no holder) or not renewed within its duration."""
     spec = lease.get("spec") or {}
+    if not spec.get("holderIdentity"):
+        return True
     renewed = _parse(spec.get("renewTime"))
     duration = spec.get("leaseDurationSeconds") or 15
     return renewed is None or renewed + datetime.timedelta(seconds=duration) < now
@@ -76,7 +85,7 @@ class LeaderElector:
     async def acquire(self) -> None:
         log.info("waiting for the leader Lease %s/%s as %s", self.namespace, self.name, self.identity)
         while not await self.try_acquire():
-            await asyncio.sleep(2)
+            await asyncio.sleep(RETRY_SECONDS)
         metrics.IS_LEADER.set(1)
         log.info("acquired the leader Lease %s/%s", self.namespace, self.name)
 
@@ -94,3 +103,18 @@ class LeaderElector:
             if (_now() - last_ok).total_seconds() > self.duration * 2 / 3:
                 metrics.IS_LEADER.set(0)
                 raise LeadershipLost(f"lost the leader Lease {self.namespace}/{self.name}")
+
+    async def release(self) -> None:
+        """Give the Lease up if this replica still holds it (the replace carries the Lease's resourceVersion,
+        so a Lease another replica took meanwhile is left alone)."""
+        try:
+            lease = await self.client.get("Lease", self.namespace, self.name)
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            spec = (lease.get("spec") or {}) | {"holderIdentity": "", "leaseDurationSeconds": 1,
+                                                 "renewTime": _micro(_now())}
+            await self.client.replace("Lease", self.namespace, self.name, lease | {"spec": spec})
+            metrics.IS_LEADER.set(0)
+            log.info("released the leader Lease %s/%s", self.namespace, self.name)
+        except (ApiError, OSError) as err:
+            log.warning("could not release the leader Lease (it expires by itself): %s", err)

@@ -113,10 +113,12 @@ class Release:
     def lease(self) -> str:
         return f"{self.name}-leader"
 
-    def pods(self) -> list[dict]:
+    def pods(self, include_terminating: bool = False) -> list[dict]:
+        """The operator's pods (not the helm test's)."""
         return [p for p in self.cluster.kubectl_json(
             "get", "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={self.name},app.kubernetes.io/name=gemma-operator"
-        )["items"] if not p["metadata"].get("deletionTimestamp") and p["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
+        )["items"] if (include_terminating or not p["metadata"].get("deletionTimestamp"))
+            and p["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
 
     def ready_pods(self) -> list[dict]:
         return [p for p in self.pods() if any(c["type"] == "Ready" and c["status"] == "True"

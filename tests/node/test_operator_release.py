@@ -36,7 +36,7 @@ def test_two_operator_pods_one_leader_and_failover(release: Release, node_namesp
 
     # A resource the first leader sets up (no download and no server needed: source pvc, 0 replicas).
     cluster.apply(seed(model={"id": "LLM-Research/gemma-3-4b-it", "source": "pvc", "path": "models/gemma"},
-                       replicas=0), namespace=ns)
+                       cache={"existingClaim": "gemma-weights"}, replicas=0), namespace=ns)
     wait_for(lambda: "--max-model-len" in _deployment_args(release, ns), timeout=120, message="the first leader's Deployment")
 
     started = time.monotonic()
@@ -54,12 +54,15 @@ def test_two_operator_pods_one_leader_and_failover(release: Release, node_namesp
 
 
 def test_helm_test_calls_the_operator_and_fails_without_it(release: Release) -> None:
-    ok = release.helm("test", release.name, "-n", release.namespace, "--logs", "--timeout", "3m")
-    assert "/healthz 200 ok" in ok.stdout, ok.stdout
+    release.helm("test", release.name, "-n", release.namespace, "--timeout", "3m")
+    answer = release.cluster.kubectl("logs", f"job/{release.name}-test-healthz", "-n", release.namespace).stdout
+    assert answer.strip().endswith("/healthz 200 ok"), answer
     deployment = release.name
     release.cluster.kubectl("scale", "deployment", deployment, "-n", release.namespace, "--replicas=0")
     try:
-        wait_for(lambda: not release.pods(), timeout=120, message="no operator pod")
+        # Gone, not only terminating: kube-proxy still sends traffic to terminating pods that serve when
+        # no ready one is left, and an operator pod answers /healthz until it exits.
+        wait_for(lambda: not release.pods(include_terminating=True), timeout=120, message="no operator pod")
         down = release.helm("test", release.name, "-n", release.namespace, "--timeout", "3m", check=False)
         assert down.returncode != 0, f"helm test passed with no operator running:\n{down.stdout}"
     finally:
