@@ -42,10 +42,20 @@ def condition(obj: Manifest, ctype: str) -> Manifest:
     return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == ctype), {})
 
 
-def wait_phase(cluster: kube.Cluster, ns: str, phase: str, name: str = "gemma", timeout: float = 600) -> Manifest:
-    return wait_for(lambda: (g := gemma(cluster, ns, name)).get("status", {}).get("phase") == phase and g,
-                    timeout=timeout, interval=1, message=f"GemmaDeployment {ns}/{name} phase {phase}: "
-                    + describe(cluster, ns, name))
+def wait_phase(cluster: kube.Cluster, ns: str, phase: str, name: str = "gemma", timeout: float = 600,
+               fail_on: tuple[str, ...] = ()) -> Manifest:
+    """Wait for `phase`; with `fail_on`, stop at once when the Degraded condition has one of those reasons
+    (a server that crash-loops will not become Ready: say why now, not after the timeout)."""
+    def reached() -> Manifest | None:
+        g = gemma(cluster, ns, name)
+        if g.get("status", {}).get("phase") == phase or condition(g, "Degraded").get("reason") in fail_on:
+            return g
+        return None
+
+    found = wait_for(reached, timeout=timeout, interval=1,
+                     message=f"GemmaDeployment {ns}/{name} phase {phase}: " + describe(cluster, ns, name))
+    assert found["status"]["phase"] == phase, f"{ns}/{name} is {found['status']['phase']}: {condition(found, 'Degraded')}"
+    return found
 
 
 def wait_condition(cluster: kube.Cluster, ns: str, ctype: str, reason: str, name: str = "gemma",
