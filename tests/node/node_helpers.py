@@ -11,7 +11,7 @@ import json
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,68 +111,69 @@ class Sample:
     health: int
 
 
-@dataclass
-class ReadinessSampler:
-    """Samples, until stopped, each server pod's Ready condition and what its /health answers."""
+class Poller:
+    """Calls `poll` in a background thread every `interval` seconds until `stop`, which returns what was
+    recorded. A failed kubectl call or a half-written answer is only a missed sample."""
 
-    cluster: kube.Cluster
-    ns: str
-    name: str = "gemma"
-    samples: list[Sample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    interval = 0.3
 
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
+        self.recorded: list[Any] = []
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def record_change(self, value: Any) -> None:
+        if not self.recorded or self.recorded[-1] != value:
+            self.recorded.append(value)
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopped.is_set():
             try:
-                for pod in server_pods(self.cluster, self.ns, self.name):
-                    ip = (pod.get("status") or {}).get("podIP")
-                    if ip:
-                        self.samples.append(Sample(time.monotonic(), pod["metadata"]["name"], is_ready(pod), health(ip)))
+                self.poll()
             except (kube.KubectlError, subprocess.TimeoutExpired, json.JSONDecodeError):
                 pass
-            self._stop.wait(0.5)
+            self._stopped.wait(self.interval)
 
-    def stop(self) -> list[Sample]:
-        self._stop.set()
+    def stop(self) -> list[Any]:
+        self._stopped.set()
         self._thread.join(timeout=10)
-        return self.samples
+        return self.recorded
 
 
-@dataclass
-class ColumnWatcher:
-    """Records every value of one printer column of `kubectl get gemma` until stopped."""
+class ReadinessSampler(Poller):
+    """Each server pod's Ready condition and what its /health answers, as `Sample`s."""
 
-    cluster: kube.Cluster
-    ns: str
-    column: str = "PROGRESS"
-    name: str = "gemma"
-    values: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    interval = 0.5
 
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def __init__(self, cluster: kube.Cluster, ns: str, name: str = "gemma") -> None:
+        self.cluster, self.ns, self.name = cluster, ns, name
+        super().__init__()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            proc = self.cluster.kubectl("get", "gemma", self.name, "-n", self.ns, check=False, timeout=20)
-            lines = proc.stdout.splitlines()
-            if proc.returncode == 0 and len(lines) == 2:
-                header, row = lines[0].split(), lines[1].split()
-                if self.column in header and len(row) == len(header):
-                    value = row[header.index(self.column)]
-                    if not self.values or self.values[-1] != value:
-                        self.values.append(value)
-            self._stop.wait(0.3)
+    def poll(self) -> None:
+        for pod in server_pods(self.cluster, self.ns, self.name):
+            ip = (pod.get("status") or {}).get("podIP")
+            if ip:
+                self.recorded.append(Sample(time.monotonic(), pod["metadata"]["name"], is_ready(pod), health(ip)))
 
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.values
+
+class ColumnWatcher(Poller):
+    """Every value one printer column of `kubectl get gemma` shows."""
+
+    def __init__(self, cluster: kube.Cluster, ns: str, column: str = "PROGRESS", name: str = "gemma") -> None:
+        self.cluster, self.ns, self.column, self.name = cluster, ns, column, name
+        super().__init__()
+
+    def poll(self) -> None:
+        proc = self.cluster.kubectl("get", "gemma", self.name, "-n", self.ns, check=False, timeout=20)
+        lines = proc.stdout.splitlines()
+        if proc.returncode == 0 and len(lines) == 2:
+            header, row = lines[0].split(), lines[1].split()
+            if self.column in header and len(row) == len(header):
+                self.record_change(row[header.index(self.column)])
 
 
 def examples_configmap(cluster: kube.Cluster, ns: str, name: str = "examples") -> str:
@@ -249,34 +250,14 @@ def volume_dir(cluster: kube.Cluster, ns: str, claim: str) -> Path:
     return Path(pv["spec"]["hostPath"]["path"])
 
 
-@dataclass
-class ReasonWatcher:
-    """Records, until stopped, every (phase, reason of one condition) a GemmaDeployment goes through: the
-    short-lived states between two waits (a restart that heals within seconds) are seen too."""
+class ReasonWatcher(Poller):
+    """Every (phase, reason of one condition) a GemmaDeployment goes through: the short-lived states between
+    two waits (a restart that heals within seconds) are seen too."""
 
-    cluster: kube.Cluster
-    ns: str
-    name: str = "gemma"
-    ctype: str = "Degraded"
-    seen: list[tuple[str, str]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    def __init__(self, cluster: kube.Cluster, ns: str, name: str = "gemma", ctype: str = "Degraded") -> None:
+        self.cluster, self.ns, self.name, self.ctype = cluster, ns, name, ctype
+        super().__init__()
 
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                obj = gemma(self.cluster, self.ns, self.name)
-                state = ((obj.get("status") or {}).get("phase", ""), condition(obj, self.ctype).get("reason", ""))
-                if not self.seen or self.seen[-1] != state:
-                    self.seen.append(state)
-            except (kube.KubectlError, subprocess.TimeoutExpired, json.JSONDecodeError):
-                pass
-            self._stop.wait(0.3)
-
-    def stop(self) -> list[tuple[str, str]]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.seen
+    def poll(self) -> None:
+        obj = gemma(self.cluster, self.ns, self.name)
+        self.record_change(((obj.get("status") or {}).get("phase", ""), condition(obj, self.ctype).get("reason", "")))

@@ -43,7 +43,6 @@ from tests.node.node_helpers import (
     volume_dir,
     wait_phase,
 )
-from tests.support import kube
 from tests.support.kube import wait_for
 from tests.support.operator import free_port
 
