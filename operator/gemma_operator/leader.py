@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from typing import Any
 
 from . import metrics
@@ -33,28 +34,39 @@ def _micro(t: datetime.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.strptime(value.replace("Z", ""), "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=datetime.UTC)
-
-
 RETRY_SECONDS = 2
 
 
-def expired(lease: Manifest, now: datetime.datetime) -> bool:
-    """True when nobody holds `lease` any more: released (no holder) or not renewed within its duration."""
-    spec = lease.get("spec") or {}
-    if not spec.get("holderIdentity"):
-        return True
-    renewed = _parse(spec.get("renewTime"))
-    duration = spec.get("leaseDurationSeconds") or 15
-    return renewed is None or renewed + datetime.timedelta(seconds=duration) < now
+class LeaseObserver:
+    """Whether another replica's Lease is free, judged on this replica's own clock.
+
+    Nodes' clocks differ, so the holder's renewTime is never compared with the local time. As client-go's
+    leader election does, the observer remembers when (on its monotonic clock) it last saw the Lease's
+    record change; a holder that has not renewed for the Lease's duration since then has lost it. A
+    standby that has just started therefore waits one full duration before taking an unrenewed Lease.
+    """
+
+    def __init__(self) -> None:
+        self._record: tuple[str, str, str] | None = None
+        self._seen_at = 0.0
+
+    def free(self, lease: Manifest, now: float) -> bool:
+        """`now`: time.monotonic(). True when released (no holder) or not renewed for its duration."""
+        spec = lease.get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        if not holder:
+            return True
+        record = (holder, str(spec.get("renewTime") or ""), str((lease.get("metadata") or {}).get("resourceVersion") or ""))
+        if record != self._record:
+            self._record, self._seen_at = record, now
+            return False
+        return now - self._seen_at > float(spec.get("leaseDurationSeconds") or 15)
 
 
 class LeaderElector:
     def __init__(self, client: KubeClient, namespace: str, name: str, identity: str, duration: int = 15) -> None:
         self.client, self.namespace, self.name, self.identity, self.duration = client, namespace, name, identity, duration
+        self._observer = LeaseObserver()
 
     def _spec(self, lease: Manifest | None) -> Manifest:
         spec = dict((lease or {}).get("spec") or {})
@@ -73,7 +85,7 @@ class LeaderElector:
                 await self.client.create("Lease", self.namespace, body)
                 return True
             holder = (lease.get("spec") or {}).get("holderIdentity")
-            if holder != self.identity and not expired(lease, _now()):
+            if holder != self.identity and not self._observer.free(lease, time.monotonic()):
                 return False
             await self.client.replace("Lease", self.namespace, self.name, lease | {"spec": self._spec(lease)})
             return True
@@ -91,16 +103,16 @@ class LeaderElector:
 
     async def keep(self) -> None:
         """Renew until renewal fails for longer than the Lease lasts; then raise LeadershipLost."""
-        last_ok = _now()
+        last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.duration / 3)
             try:
                 if await self.try_acquire():
-                    last_ok = _now()
+                    last_ok = time.monotonic()
                     continue
             except Exception as err:  # noqa: BLE001 - any failure to renew counts against the Lease
                 log.warning("could not renew the leader Lease: %s", err)
-            if (_now() - last_ok).total_seconds() > self.duration * 2 / 3:
+            if time.monotonic() - last_ok > self.duration * 2 / 3:
                 metrics.IS_LEADER.set(0)
                 raise LeadershipLost(f"lost the leader Lease {self.namespace}/{self.name}")
 
