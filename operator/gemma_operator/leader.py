@@ -47,7 +47,7 @@ class LeaseObserver:
     """
 
     def __init__(self) -> None:
-        self._record: tuple[str, str, str] | None = None
+        self._record: tuple[str, str] | None = None
         self._seen_at = 0.0
 
     def free(self, lease: Manifest, now: float) -> bool:
@@ -56,7 +56,8 @@ class LeaseObserver:
         holder = str(spec.get("holderIdentity") or "")
         if not holder:
             return True
-        record = (holder, str(spec.get("renewTime") or ""), str((lease.get("metadata") or {}).get("resourceVersion") or ""))
+        # Every renewal is a write, so a new resourceVersion (compared for equality only: it is opaque).
+        record = (holder, str((lease.get("metadata") or {}).get("resourceVersion") or ""))
         if record != self._record:
             self._record, self._seen_at = record, now
             return False

@@ -44,9 +44,12 @@ def server_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Man
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def is_ready(pod: Manifest) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
 def ready_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Manifest]:
-    return [p for p in server_pods(cluster, ns, name) if any(
-        c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))]
+    return [p for p in server_pods(cluster, ns, name) if is_ready(p)]
 
 
 def _simulated_gpu_nodes(cluster: kube.Cluster) -> dict[str, int]:

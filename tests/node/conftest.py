@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.download.hubs import ModelScopeHub
+from tests.e2e.gemma_helpers import is_ready
 from tests.support import kube
 from tests.support.hub_server import model_hub
 from tests.support.kube import wait_for
@@ -121,8 +122,7 @@ class Release:
             and p["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
 
     def ready_pods(self) -> list[dict]:
-        return [p for p in self.pods() if any(c["type"] == "Ready" and c["status"] == "True"
-                                               for c in p.get("status", {}).get("conditions", []))]
+        return [p for p in self.pods() if is_ready(p)]
 
     def holder(self) -> str:
         lease = self.cluster.get("lease", self.lease, self.namespace) or {}

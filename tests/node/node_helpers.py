@@ -18,6 +18,7 @@ from typing import Any
 import requests
 import yaml
 
+from tests.e2e.gemma_helpers import is_ready, server_pods
 from tests.support import kube
 from tests.support.kube import wait_for
 
@@ -81,14 +82,6 @@ def describe(cluster: kube.Cluster, ns: str, name: str = "gemma") -> str:
 def pods(cluster: kube.Cluster, ns: str, selector: str) -> list[Manifest]:
     items = cluster.kubectl_json("get", "pods", "-n", ns, "-l", selector)["items"]
     return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def server_pods(cluster: kube.Cluster, ns: str, name: str = "gemma") -> list[Manifest]:
-    return pods(cluster, ns, f"app.kubernetes.io/instance={name},app.kubernetes.io/component=server")
-
-
-def is_ready(pod: Manifest) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def container_status(pod: Manifest, name: str = "vllm") -> Manifest:

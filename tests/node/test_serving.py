@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 import requests
-
 from gemma_operator.builders import build_server_deployment
 from gemma_operator.settings import Settings
 from gemma_operator.spec import GemmaDeployment
+
 from tests.download.hubs import ModelScopeHub
 from tests.node.conftest import REAL_NODE, SEED_MODEL_ID, Release
 from tests.node.node_helpers import (
