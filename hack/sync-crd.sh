@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copies the CRD (crds/gemmadeployments.yaml, the one source of truth) into the Helm chart, which
-# renders it byte for byte (charts/gemma-operator/templates/crds.yaml). tests/chart checks that the
-# two files are identical; run this after every change to the CRD.
+# renders it with the keep annotation set on the parsed object (charts/gemma-operator/templates/crds.yaml).
+# tests/chart checks that the two files are identical; run this after every change to the CRD.
 #   hack/sync-crd.sh          copy
 #   hack/sync-crd.sh --check  exit 1 if the chart's copy differs
 set -euo pipefail

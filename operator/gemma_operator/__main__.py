@@ -9,9 +9,7 @@ import os
 import socket
 import sys
 
-import kopf
-
-from . import handlers, httpserver, kube
+from . import httpserver, kube
 from .leader import LeaderElector
 from .runtime import Runtime
 from .settings import Settings
@@ -37,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> None:
     settings = Settings(**({"workers": args.workers} if args.workers else {}))
-    client = kube.KubeClient(kube.login())
+    client = kube.KubeClient(kube.login(), relogin=kube.login)
     try:
         await _serve(args, settings, client)
     finally:
@@ -54,19 +52,14 @@ async def _serve(args: argparse.Namespace, settings: Settings, client: kube.Kube
         await elector.acquire()
         tasks.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     runtime = Runtime(client, settings)
-    tasks += runtime.start_workers()
-    kopf_settings = kopf.OperatorSettings()
-    # With fixed namespaces there is nothing to discover: scanning would list namespaces and CRDs
-    # cluster-wide, which a namespaced install (Roles only) may not do.
-    kopf_settings.scanning.disabled = bool(args.namespace)
-    operator = asyncio.create_task(kopf.operator(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        memo=kopf.Memo(runtime=runtime),
-        settings=kopf_settings,
-        standalone=True,
-    ), name="kopf")
-    tasks.append(operator)
+    tasks += runtime.start_reflectors(client, args.namespace)
+    synced = asyncio.create_task(runtime.caches_synced())
+    await asyncio.wait([synced, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if synced.done():
+        log.info("caches synced; starting %d workers", settings.workers)
+        tasks += runtime.start_workers()
+    else:
+        synced.cancel()
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -85,7 +78,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING)
-    assert handlers  # imported for its kopf registrations
     try:
         asyncio.run(run(args))
     except KeyboardInterrupt:

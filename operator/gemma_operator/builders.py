@@ -5,14 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 from typing import Any
 
-from . import paths
+from . import paths, server_auth
 from .download.errors import EXIT_PERMANENT, EXIT_USAGE
+from .kinds import Manifest
 from .settings import Settings
 from .spec import API_VERSION, KIND, GemmaDeployment
-
-Manifest = dict[str, Any]
 
 PORT = 8000
 PORT_NAME = "http"
@@ -24,6 +24,20 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 DOWNLOAD_HASH_LABEL = "gemma.ai/download-hash"
 TMP_DIR = "/tmp"
+
+# The API-key guard of the servers (issue 12, gemma_operator/server_auth.py): vLLM's own VLLM_API_KEY check
+# covers /v1 and a few other prefixes only (POST /invocations serves completions without a key), so with
+# spec.apiKeySecretRef the servers also load this middleware, which needs the key on every route but the
+# probes. Its source goes to the pods in a ConfigMap, mounted read-only and put on PYTHONPATH; vLLM's
+# `--middleware` (an upstream flag, the same in the CUDA image) imports it.
+AUTH_MODULE = "gemma_auth_middleware"
+AUTH_MIDDLEWARE = f"{AUTH_MODULE}.RequireApiKey"
+AUTH_DIR = "/etc/gemma-operator/auth"
+AUTH_VOLUME = "auth-middleware"
+AUTH_HASH_ANNOTATION = "gemma.ai/auth-middleware-hash"
+# Read once at import: the builders stay pure functions of the spec.
+AUTH_MIDDLEWARE_SOURCE = Path(server_auth.__file__).read_text(encoding="utf-8")
+AUTH_MIDDLEWARE_HASH = hashlib.sha256(AUTH_MIDDLEWARE_SOURCE.encode()).hexdigest()[:16]
 
 # Probe timing. vLLM opens its HTTP port only after the weights are loaded and the engine is up, and
 # /health answers 200 from then on (it needs no API key). So:
@@ -135,6 +149,7 @@ def _download_env(gd: GemmaDeployment, settings: Settings) -> list[Manifest]:
     endpoint = hub_endpoint(gd, settings)
     if endpoint:
         env.append({"name": "GEMMA_HUB_ENDPOINT", "value": endpoint})
+    env.append({"name": "GEMMA_DOWNLOAD_STALL_TIMEOUT_SECONDS", "value": str(gd.spec.download.stall_timeout_seconds)})
     if gd.spec.model.token_secret_ref:
         env.append(_secret_env("GEMMA_HUB_TOKEN", gd.spec.model.token_secret_ref))
     return env
@@ -215,6 +230,8 @@ def server_args(gd: GemmaDeployment) -> list[str]:
     args += ["--tensor-parallel-size", str(spec.gpu.count)]
     if spec.gpu.memory_utilization is not None:
         args += ["--gpu-memory-utilization", str(spec.gpu.memory_utilization)]
+    if spec.api_key_secret_ref:
+        args += ["--middleware", AUTH_MIDDLEWARE]
     return args + list(spec.vllm.extra_args)
 
 
@@ -232,6 +249,9 @@ def _server_env(gd: GemmaDeployment) -> list[Manifest]:
     if gd.spec.api_key_secret_ref:
         # vLLM reads the key from VLLM_API_KEY, so it never appears on the command line.
         env.append(_secret_env("VLLM_API_KEY", gd.spec.api_key_secret_ref))
+        # Where `--middleware` finds the guard (the ConfigMap's mount); the CRD refuses PYTHONPATH in
+        # spec.vllm.env and --middleware in spec.vllm.extraArgs.
+        env.append({"name": "PYTHONPATH", "value": AUTH_DIR})
     return env + [dict(item) for item in gd.spec.vllm.env]
 
 
@@ -271,7 +291,7 @@ def _server_container(gd: GemmaDeployment, settings: Settings) -> Manifest:
             {"name": "model-cache", "mountPath": paths.CACHE_ROOT, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "tmp", "mountPath": TMP_DIR},
-        ],
+        ] + ([{"name": AUTH_VOLUME, "mountPath": AUTH_DIR, "readOnly": True}] if gd.spec.api_key_secret_ref else []),
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # A pod being replaced keeps serving for a few seconds after it is taken out of the Service, so
@@ -297,13 +317,54 @@ def _server_pod_spec(gd: GemmaDeployment, settings: Settings) -> Manifest:
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if spec.api_key_secret_ref:
+        pod["volumes"].append({
+            "name": AUTH_VOLUME,
+            # 0444: read-only for everyone; the ConfigMap holds code, no secret (the key comes by env).
+            "configMap": {"name": auth_configmap_name(gd), "defaultMode": 0o444},
+        })
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod["tolerations"] = [dict(t) for t in spec.tolerations]
-    if spec.affinity:
-        pod["affinity"] = spec.affinity
+    affinity = _server_affinity(gd)
+    if affinity:
+        pod["affinity"] = affinity
     return pod
+
+
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
+
+
+def cache_is_single_node(gd: GemmaDeployment) -> bool:
+    """True when the operator's own cache claim can be mounted by one node at a time (ReadWriteOnce without a
+    multi-node mode). An existingClaim is not ours to read here: its modes are unknown to the builder."""
+    cache = gd.spec.cache
+    modes = set(cache.access_modes)
+    return not cache.existing_claim and "ReadWriteOnce" in modes and not modes & {"ReadWriteMany", "ReadOnlyMany"}
+
+
+def keeps_servers_on_one_node(gd: GemmaDeployment) -> bool:
+    """The server pods get the operator's one-node podAffinity (see _server_affinity)."""
+    user = gd.spec.affinity or {}
+    return cache_is_single_node(gd) and "podAffinity" not in user and "podAntiAffinity" not in user
+
+
+def _server_affinity(gd: GemmaDeployment) -> Manifest | None:
+    """spec.affinity, plus, on a single-node (ReadWriteOnce) cache, a required podAffinity that keeps the
+    server pods on one node: the node the volume is attached to. Without it a second replica scheduled on
+    another node waits for the volume forever (Multi-Attach). The first pod goes anywhere (a pod that
+    matches its own affinity term may start a group). It is there whatever spec.replicas is, so that
+    scaling changes no pod template (no rollout on kubectl scale), and a surge pod of a rollout also lands
+    next to the pod holding the volume. A user's own podAffinity or podAntiAffinity replaces it."""
+    affinity = dict(gd.spec.affinity or {})
+    if keeps_servers_on_one_node(gd):
+        affinity["podAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": selector_labels(gd)}, "topologyKey": HOSTNAME_TOPOLOGY},
+            ],
+        }
+    return affinity or None
 
 
 def build_server_deployment(gd: GemmaDeployment, settings: Settings) -> Manifest:
@@ -324,10 +385,35 @@ def build_server_deployment(gd: GemmaDeployment, settings: Settings) -> Manifest
             },
             "revisionHistoryLimit": 3,
             "template": {
-                "metadata": {"labels": labels(gd, "server"), "annotations": _pod_annotations(gd, gd.spec.pod_annotations)},
+                "metadata": {"labels": labels(gd, "server"), "annotations": _server_pod_annotations(gd)},
                 "spec": _server_pod_spec(gd, settings),
             },
         },
+    }
+
+
+def _server_pod_annotations(gd: GemmaDeployment) -> dict[str, str]:
+    annotations = _pod_annotations(gd, gd.spec.pod_annotations)
+    if gd.spec.api_key_secret_ref:
+        # vLLM imports the guard once at start: a new guard (an operator upgrade) must roll the pods.
+        annotations[AUTH_HASH_ANNOTATION] = AUTH_MIDDLEWARE_HASH
+    return annotations
+
+
+def auth_configmap_name(gd: GemmaDeployment) -> str:
+    return f"{gd.name}-auth"
+
+
+def build_auth_configmap(gd: GemmaDeployment) -> Manifest | None:
+    """The API-key guard the server pods load with `--middleware` (see AUTH_MODULE); None without
+    spec.apiKeySecretRef: with no key there is nothing to guard, and no pod template changes."""
+    if not gd.spec.api_key_secret_ref:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(gd, auth_configmap_name(gd), "server"),
+        "data": {f"{AUTH_MODULE}.py": AUTH_MIDDLEWARE_SOURCE},
     }
 
 

@@ -1,15 +1,18 @@
-"""A small async Kubernetes API client: exactly the calls the operator makes, nothing more.
+"""The operator's one async Kubernetes API client: exactly the calls the operator makes, nothing more.
 
-kopf watches; this client writes (server-side apply, status, events, deletes) and reads the few things
-that are not watched (a download pod's log tail, the leader Lease). It authenticates with the same
-credentials kopf logs in with.
+It lists and watches (for the reflectors), writes (server-side apply, status, events, deletes) and reads
+the few things that are not watched (a download pod's log tail, the leader Lease). Credentials come from
+kopf's login helpers; on a 401 the client logs in again once and repeats the request, because projected
+service-account tokens rotate under a running process.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -18,9 +21,10 @@ import kopf
 from prometheus_client import Histogram
 
 from . import metrics
+from .kinds import KINDS, Manifest
 from .settings import FIELD_MANAGER, USER_AGENT
 
-Manifest = dict[str, Any]
+log = logging.getLogger(__name__)
 
 API_SECONDS = Histogram(
     "gemma_operator_api_request_duration_seconds",
@@ -29,17 +33,8 @@ API_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
-# kind -> (API prefix, plural)
-RESOURCES: dict[str, tuple[str, str]] = {
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
-    "Service": ("/api/v1", "services"),
-    "Pod": ("/api/v1", "pods"),
-    "Event": ("/api/v1", "events"),
-    "Job": ("/apis/batch/v1", "jobs"),
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "GemmaDeployment": ("/apis/gemma.ai/v1alpha1", "gemmadeployments"),
-    "Lease": ("/apis/coordination.k8s.io/v1", "leases"),
-}
+# kind -> (API prefix, plural), from the one registry of kinds
+RESOURCES: dict[str, tuple[str, str]] = {k.name: (k.api, k.plural) for k in KINDS.values()}
 
 
 class ApiError(Exception):
@@ -71,15 +66,36 @@ def resource_path(kind: str, namespace: str | None, name: str | None = None, sub
     return path
 
 
+class WatchExpired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): only a new list can continue."""
+
+
 class KubeClient:
-    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0) -> None:
+    def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
         self._server = info.server.rstrip("/")
-        self._headers = info.as_http_headers() | {"User-Agent": USER_AGENT}
+        self._headers = self._headers_of(info)
+        self._relogin = relogin
         ctx: ssl.SSLContext | bool = False if info.insecure else info.as_ssl_context()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
+
+    @staticmethod
+    def _headers_of(info: kopf.ConnectionInfo) -> dict[str, str]:
+        return info.as_http_headers() | {"User-Agent": USER_AGENT}
+
+    def _login_again(self) -> bool:
+        """New credentials after a 401 (a rotated token file); False when there is nothing to reload."""
+        if self._relogin is None:
+            return False
+        headers = self._headers_of(self._relogin())
+        if headers == self._headers:
+            return False
+        log.info("the API server refused the credentials (401); logged in again with new ones")
+        self._headers = headers
+        return True
 
     async def close(self) -> None:
         await self._session.close()
@@ -90,19 +106,69 @@ class KubeClient:
     ) -> Any:
         url = self._server + path + (("?" + urlencode(params)) if params else "")
         data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+        status, text, json_type = await self._send(verb, method, url, resource, data, content_type)
+        if status == 401 and self._login_again():
+            status, text, json_type = await self._send(verb, method, url, resource, data, content_type)
+        if status >= 400:
+            raise _api_error(status, text)
+        if json_type and text:
+            return json.loads(text)
+        return text
+
+    async def _send(self, verb: str, method: str, url: str, resource: str, data: str | None,
+                    content_type: str) -> tuple[int, str, bool]:
         headers = self._headers | ({"Content-Type": content_type} if data is not None else {})
         metrics.API_REQUESTS.labels(verb=verb, resource=resource).inc()
         started = time.perf_counter()
         try:
             async with self._session.request(method, url, data=data, headers=headers) as resp:
-                text = await resp.text()
+                return resp.status, await resp.text(), resp.content_type == "application/json"
         finally:
             API_SECONDS.labels(verb=verb, resource=resource).observe(time.perf_counter() - started)
-        if resp.status >= 400:
-            raise _api_error(resp.status, text)
-        if resp.content_type == "application/json" and text:
-            return json.loads(text)
-        return text
+
+    async def list(self, kind: str, namespace: str | None, label_selector: str = "",
+                   page_size: int = 500) -> tuple[list[Manifest], str]:
+        """Every object of a kind (in pages), and the list's resourceVersion to watch from."""
+        items: list[Manifest] = []
+        params = {"limit": str(page_size)} | ({"labelSelector": label_selector} if label_selector else {})
+        while True:
+            page: Manifest = await self._request("list", "GET", resource_path(kind, namespace), RESOURCES[kind][1],
+                                                 params=params)
+            api_version, list_kind = page.get("apiVersion", ""), kind
+            # Items of a list carry no kind or apiVersion; the cache keeps whole objects, as a watch gives them.
+            items += [{"apiVersion": api_version, "kind": list_kind} | item for item in page.get("items") or []]
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items, str((page.get("metadata") or {}).get("resourceVersion") or "")
+            params = params | {"continue": token}
+
+    async def watch(self, kind: str, namespace: str | None, resource_version: str, label_selector: str = "",
+                    timeout_seconds: int = 300) -> AsyncIterator[Manifest]:
+        """Watch events from `resource_version` until the server ends the stream; bookmarks included.
+        Raises WatchExpired when the version is too old."""
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout_seconds)} | ({"labelSelector": label_selector} if label_selector else {})
+        url = self._server + resource_path(kind, namespace) + "?" + urlencode(params)
+        metrics.API_REQUESTS.labels(verb="watch", resource=RESOURCES[kind][1]).inc()
+        # No total limit: the stream lasts timeoutSeconds; a silent one is cut after a margin.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        for attempt in range(2):
+            async with self._session.get(url, headers=self._headers, timeout=timeout) as resp:
+                if resp.status == 401 and attempt == 0 and self._login_again():
+                    continue
+                if resp.status == 410:
+                    raise WatchExpired(await resp.text())
+                if resp.status >= 400:
+                    raise _api_error(resp.status, await resp.text())
+                async for event in _json_lines(resp.content):
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        if status.get("code") == 410:
+                            raise WatchExpired(str(status.get("message") or ""))
+                        raise ApiError(int(status.get("code") or 500), str(status.get("reason") or ""),
+                                       str(status.get("message") or ""))
+                    yield event
+                return
 
     async def apply(self, manifest: Manifest, force: bool = True) -> Manifest:
         """Server-side apply with the operator's one field manager."""
@@ -159,6 +225,17 @@ class KubeClient:
         params = {"container": container, "tailLines": str(lines)} | ({"previous": "true"} if previous else {})
         text: str = await self._request("get", "GET", path, "pods/log", params=params)
         return text
+
+
+async def _json_lines(stream: aiohttp.StreamReader) -> AsyncIterator[Manifest]:
+    """One JSON document per line; lines of any length (aiohttp's own line reader stops at 64 KiB)."""
+    buffer = b""
+    async for chunk in stream.iter_any():
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _api_error(status: int, text: str) -> ApiError:

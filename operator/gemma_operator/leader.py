@@ -13,13 +13,12 @@ import asyncio
 import datetime
 import logging
 import time
-from typing import Any
 
 from . import metrics
+from .kinds import Manifest
 from .kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
-Manifest = dict[str, Any]
 
 
 class LeadershipLost(Exception):

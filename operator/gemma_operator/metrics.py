@@ -17,3 +17,9 @@ API_REQUESTS = Counter(
 QUEUE_DEPTH = Gauge("gemma_operator_queue_depth", "GemmaDeployments waiting for a reconcile pass.")
 MANAGED = Gauge("gemma_operator_managed_resources", "GemmaDeployments the operator knows of.")
 IS_LEADER = Gauge("gemma_operator_leader", "1 when this replica holds the leader Lease and acts.")
+WATCH_EVENTS = Counter(
+    "gemma_operator_watch_objects_total",
+    "Objects the operator's lists and watches received, by kind and event type (LISTED: in a list).",
+    ["kind", "type"],
+)
+CACHED = Gauge("gemma_operator_cached_objects", "Objects in the operator's watch cache, by kind.", ["kind"])

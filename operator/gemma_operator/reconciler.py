@@ -15,14 +15,13 @@ from pydantic import ValidationError
 from . import builders, status, transitions
 from .download.progress import last_event
 from .events import Recorder, now
+from .kinds import Key, Manifest
 from .kube import ApiError, KubeClient
 from .settings import Settings
 from .spec import KIND, GemmaDeployment
 from .store import Store
 
 log = logging.getLogger(__name__)
-Manifest = dict[str, Any]
-Key = tuple[str, str]
 
 
 class ForeignObjectError(Exception):
@@ -120,7 +119,13 @@ class Reconciler:
         return self._look_again_in(gd, observed)
 
     def _look_again_in(self, gd: GemmaDeployment, observed: status.Observed) -> float | None:
-        """Progress and a claim stuck Pending show in no watch event: look again while they matter."""
+        """Progress, a claim stuck Pending and a pod waiting for its volumes show in no watch event: look
+        again while they matter."""
+        volume_check = status.next_volume_check(observed.server_pods + observed.job_pods, observed.now)
+        other = self._look_again_for_the_model(gd, observed)
+        return min((t for t in (volume_check, other) if t is not None), default=None)
+
+    def _look_again_for_the_model(self, gd: GemmaDeployment, observed: status.Observed) -> float | None:
         if status.model_ready(gd, observed):
             return None
         if observed.pvc is not None and not status.pvc_bound(observed.pvc):
@@ -148,6 +153,11 @@ class Reconciler:
             # A Job's template is immutable: it is created once; a new model gets a Job of a new name.
             await self._ensure(gd, job, create_only=True)
             await self._delete_stale_jobs(gd, job["metadata"]["name"])
+        auth = builders.build_auth_configmap(gd)
+        if auth is not None:
+            # Before the Deployment: its pods mount it (without it they wait in ContainerCreating). Like the
+            # Service it is kept while the GemmaDeployment lives; it goes with it (garbage collection).
+            await self._ensure(gd, auth)
         wanted = [builders.build_service(gd)]
         observed = await self._observe(gd, previous, None, read_progress=False)
         if status.model_ready(gd, observed):
@@ -174,11 +184,12 @@ class Reconciler:
                     f"a {kind} named {meta['name']} already exists and was not created by gemma-operator; "
                     f"rename the GemmaDeployment or remove that {kind}"
                 )
-            if existing is not None and create_only:
+            if existing is not None and (create_only or is_subset(desired, existing)):
+                # Already as wanted (e.g. a kind the operator does not watch, after a restart): no write.
                 self.store.upsert(kind, existing)
                 return
         log.info("applying %s %s/%s", kind, meta["namespace"], meta["name"])
-        self.store.upsert(kind, await self.client.apply(desired))
+        self.store.record_write(kind, await self.client.apply(desired))
 
     async def _delete_stale_jobs(self, gd: GemmaDeployment, current: str) -> None:
         for job in self.store.children("Job", gd.namespace, gd.name, "download"):
@@ -216,6 +227,7 @@ class Reconciler:
             download_done_before=done_before,
             apply_error=error,
             pvc_age_seconds=age_seconds(pvc, now()),
+            now=now(),
         )
 
     async def _read_progress(self, key: Key, pods: list[Manifest]) -> status.Progress | None:
@@ -258,6 +270,6 @@ class Reconciler:
             return
         meta = body["metadata"]
         result = await self.client.patch_status(KIND, meta["namespace"], meta["name"], patch)
-        self.store.upsert(KIND, result)
+        self.store.record_write(KIND, result)
         for type_, reason, message in transitions.events_between(previous, new):
             await self.recorder.emit(body, type_, reason, message)

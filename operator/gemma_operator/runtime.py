@@ -1,25 +1,25 @@
-"""Ties the watch cache, the work queue and the reconciler together; kopf's handlers feed it events."""
+"""Ties the reflectors, the watch cache, the work queue and the reconciler together."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
 
 import aiohttp
 
 from . import metrics
 from .builders import INSTANCE_LABEL
+from .kinds import Key, Manifest, watched_kinds
 from .kube import ApiError, KubeClient
 from .reconciler import Reconciler
+from .reflector import Reflector
 from .settings import Settings
 from .spec import KIND
 from .store import Store, key_of
-from .workqueue import Key, WorkQueue
+from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-Manifest = dict[str, Any]
 MAX_BACKOFF_SECONDS = 60.0
 
 
@@ -31,14 +31,24 @@ class Runtime:
         self.settings = settings
         self._failures: dict[Key, int] = {}
         self.last_pass = time.monotonic()
+        self._reflectors: list[Reflector] = []
 
-    def on_event(self, kind: str, event: dict[str, Any]) -> None:
+    def on_event(self, kind: str, event_type: str, obj: Manifest) -> None:
         """A watch event of a GemmaDeployment or of one of its children: update the cache, queue the parent."""
-        obj = event.get("object") or {}
-        if event.get("type") == "DELETED":
+        if event_type == "DELETED":
             self.store.remove(kind, obj)
         else:
             self.store.upsert(kind, obj)
+        self._changed(kind, obj)
+
+    def on_list(self, kind: str, namespace: str | None, objects: list[Manifest]) -> None:
+        """A (re-)list: the cache of the kind becomes the list; every owner listed or gone is looked at."""
+        gone = self.store.replace(kind, namespace, objects)
+        for obj in objects + gone:
+            self._changed(kind, obj)
+
+    def _changed(self, kind: str, obj: Manifest) -> None:
+        metrics.CACHED.labels(kind=kind).set(self.store.count(kind))
         if kind == KIND:
             metrics.MANAGED.set(self.store.count(KIND))
             self.queue.add(key_of(obj))
@@ -81,3 +91,16 @@ class Runtime:
 
     def start_workers(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.worker(), name=f"worker-{i}") for i in range(self.settings.workers)]
+
+    def start_reflectors(self, client: KubeClient, namespaces: list[str]) -> list[asyncio.Task[None]]:
+        """One list-then-watch per watched kind and namespace (one cluster-wide watch without namespaces)."""
+        scopes: list[str | None] = list(namespaces) or [None]
+        self._reflectors = [Reflector(client, kind, ns, self.on_event, self.on_list)
+                            for kind in watched_kinds() for ns in scopes]
+        return [asyncio.create_task(r.run(), name=f"reflector-{r.kind.plural}-{r.namespace or 'all'}")
+                for r in self._reflectors]
+
+    async def caches_synced(self) -> None:
+        """Until every reflector has listed once: a pass before that would take a child not yet listed for
+        a missing one."""
+        await asyncio.gather(*(r.listed.wait() for r in self._reflectors))

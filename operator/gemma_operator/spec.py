@@ -72,6 +72,8 @@ class CacheSpec(_Model):
 class DownloadSpec(_Model):
     backoff_limit: int = 4
     active_deadline_seconds: int | None = None
+    # An attempt that gets no byte for this long fails as transient (DownloadStalled) and is retried.
+    stall_timeout_seconds: int = 600
     pod_annotations: dict[str, str] = Field(default_factory=dict)
 
 

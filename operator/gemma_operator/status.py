@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
-from typing import Any
 
+from . import builders
 from .crashlog import root_cause
+from .kinds import Manifest
 from .spec import GemmaDeployment
-
-Manifest = dict[str, Any]
 
 CONDITION_TYPES = ("ModelReady", "Available", "Progressing", "Degraded")
 MAX_MESSAGE = 600
@@ -46,9 +46,17 @@ class Observed:
     # The log of each crashed server container (pod name -> the tail of its previous run's log): the
     # termination message alone often holds only vLLM's "see root cause above" (crashlog.py).
     server_logs: dict[str, str] = field(default_factory=dict)
+    # The time of the pass (RFC3339, UTC), for how long a pod has waited for its volumes; "" = unknown.
+    now: str = ""
 
 
 PVC_PENDING_GRACE_SECONDS = 5.0
+# A scheduled pod whose containers are still ContainerCreating with no pod sandbox (the kubelet makes the
+# sandbox only after every volume is attached and mounted) for this long is stuck on a volume: a
+# ReadWriteOnce cache attached to another node (FailedAttachVolume Multi-Attach) never comes. Attaching a
+# cloud disk normally takes well under a minute.
+VOLUME_WAIT_GRACE_SECONDS = 90.0
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
     pending = pvc_pending_message(gd, obs.pvc, obs.pvc_age_seconds)
     if pending:
         return Finding(False, "CacheVolumePending", pending)
-    blocked = pod_problems(obs.job_pods)
+    blocked = pod_problems(obs.job_pods, gd=gd, now=obs.now)
     if blocked:
         _, text = _problems_text(blocked)
         return Finding(False, "DownloadBlocked", f"the download of {model} cannot run: {text}")
@@ -185,13 +193,15 @@ def download_block(gd: GemmaDeployment, obs: Observed) -> Manifest:
 # ---------------------------------------------------------------- servers
 
 
-def pod_problems(pods: list[Manifest], logs: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """Why pods are not ready, grouped by reason: {reason: [messages]}; `logs` are crashed containers' logs."""
+def pod_problems(pods: list[Manifest], logs: dict[str, str] | None = None, gd: GemmaDeployment | None = None,
+                 now: str = "") -> dict[str, list[str]]:
+    """Why pods are not ready, grouped by reason: {reason: [messages]}; `logs` are crashed containers' logs,
+    `gd` words the cache hints, `now` (RFC3339) times a wait for volumes."""
     problems: dict[str, list[str]] = {}
     for pod in pods:
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        reason, message = _pod_problem(pod, (logs or {}).get((pod.get("metadata") or {}).get("name", ""), ""))
+        reason, message = _pod_problem(pod, (logs or {}).get((pod.get("metadata") or {}).get("name", ""), ""), gd, now)
         if reason:
             problems.setdefault(reason, []).append(message)
     return problems
@@ -205,11 +215,75 @@ def crash_detail(termination: Manifest, log: str) -> str:
     return cause or _last_lines(message) or f"exit code {termination.get('exitCode', '?')}"
 
 
-def _pod_problem(pod: Manifest, log: str = "") -> tuple[str, str]:
+def _parse_time(text: str | None) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.strptime(text or "", TIME_FORMAT)
+    except ValueError:
+        return None
+
+
+def volume_wait_seconds(pod: Manifest, now: str) -> float | None:
+    """How long a scheduled pod has waited for its volumes, or None when it is not waiting for them: every
+    container ContainerCreating and no pod sandbox yet (PodReadyToStartContainers False). An image pull also
+    shows ContainerCreating but comes after the sandbox; a kubelet that does not report the condition (older
+    than 1.29) tells nothing here, so a long pull of the vLLM image is never taken for a stuck volume."""
     status = pod.get("status") or {}
+    if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") not in (None, "Pending"):
+        return None
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conds.get("PodScheduled") or {}
+    if scheduled.get("status") != "True" or (conds.get("PodReadyToStartContainers") or {}).get("status") != "False":
+        return None
+    statuses = status.get("containerStatuses") or []
+    if not statuses or any(((cs.get("state") or {}).get("waiting") or {}).get("reason") != "ContainerCreating"
+                           for cs in statuses):
+        return None
+    since = _parse_time(scheduled.get("lastTransitionTime")) or _parse_time(_creation(pod))
+    at = _parse_time(now)
+    if since is None or at is None:
+        return None
+    return max(0.0, (at - since).total_seconds())
+
+
+def next_volume_check(pods: list[Manifest], now: str) -> float | None:
+    """Seconds until the first pod now waiting for its volumes has waited VOLUME_WAIT_GRACE_SECONDS (a pass
+    then tells it: no watch event comes from a pod that only waits), or None."""
+    waits = [w for p in pods if (w := volume_wait_seconds(p, now)) is not None and w < VOLUME_WAIT_GRACE_SECONDS]
+    return VOLUME_WAIT_GRACE_SECONDS - max(waits) + 1.0 if waits else None
+
+
+def _cache_fix(gd: GemmaDeployment | None) -> str:
+    """How to make the cache mountable by every replica, for the message of a pod stuck on it."""
+    if gd is None:
+        return "check the pod's events (kubectl describe pod) for FailedAttachVolume or FailedMount"
+    claim = gd.cache_claim_name
+    modes = set(gd.spec.cache.access_modes)
+    if gd.spec.cache.existing_claim:
+        return (f"if claim {claim} is ReadWriteOnce it is attached to another node (Multi-Attach): use a ReadWriteMany "
+                f"claim, or keep the replicas on one node (spec.nodeSelector or spec.affinity podAffinity)")
+    if modes & {"ReadWriteMany", "ReadOnlyMany"}:
+        return (f"cache claim {claim} is {'/'.join(sorted(modes))}: check the pod's events (kubectl describe pod) "
+                f"for FailedAttachVolume or FailedMount")
+    return (f"cache claim {claim} is ReadWriteOnce and attached to another node (Multi-Attach): set "
+            f"spec.cache.accessModes to [ReadWriteMany] where the storage class supports it, or keep the replicas "
+            f"on one node (the operator's default podAffinity does that unless spec.affinity sets its own)")
+
+
+VOLUME_SCHEDULING = ("volume node affinity conflict", "ReadWriteOncePod")
+
+
+def _pod_problem(pod: Manifest, log: str = "", gd: GemmaDeployment | None = None, now: str = "") -> tuple[str, str]:
+    status = pod.get("status") or {}
+    name = (pod.get("metadata") or {}).get("name", "")
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            return "PodsUnschedulable", cond.get("message") or "no node fits the pod"
+            message = cond.get("message") or "no node fits the pod"
+            if any(words in message for words in VOLUME_SCHEDULING):
+                return "CacheVolumeUnavailable", f"pod {name} fits no node that can mount its volumes: {message}; {_cache_fix(gd)}"
+            if "pod affinity" in message and gd is not None and builders.keeps_servers_on_one_node(gd):
+                message += ("; the servers share one node because the cache is ReadWriteOnce: with "
+                            "spec.cache.accessModes [ReadWriteMany] they may spread over nodes")
+            return "PodsUnschedulable", message
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         last = (cs.get("lastState") or {}).get("terminated") or {}
@@ -225,13 +299,22 @@ def _pod_problem(pod: Manifest, log: str = "") -> tuple[str, str]:
                                         f"{crash_detail(last, log)}; waiting for it to be ready again")
         if waiting.get("reason") in ("CreateContainerConfigError", "CreateContainerError"):
             return "ContainerConfigError", waiting.get("message") or waiting["reason"]
+    waited = volume_wait_seconds(pod, now) if now else None
+    if waited is not None and waited >= VOLUME_WAIT_GRACE_SECONDS:
+        # No running count of seconds in the message: it would change the status on every pass.
+        node = (pod.get("spec") or {}).get("nodeName") or "its node"
+        since = next((c.get("lastTransitionTime") for c in status.get("conditions") or []
+                      if c.get("type") == "PodScheduled"), None) or _creation(pod)
+        return "CacheVolumeUnavailable", (f"pod {name} on {node} has waited for its volumes to mount since {since} "
+                                          f"(ContainerCreating for more than {int(VOLUME_WAIT_GRACE_SECONDS)}s): "
+                                          f"{_cache_fix(gd)}")
     return "", ""
 
 
 def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
     """The most important reason and a message that counts the pods behind each."""
-    order = ["CrashLoopBackOff", "OOMKilled", "ImagePullFailed", "ContainerConfigError", "ServerRestarting",
-             "PodsUnschedulable"]
+    order = ["CrashLoopBackOff", "OOMKilled", "ImagePullFailed", "ContainerConfigError", "CacheVolumeUnavailable",
+             "ServerRestarting", "PodsUnschedulable"]
     reasons = sorted(problems, key=lambda r: order.index(r) if r in order else len(order))
     labels = {
         "PodsUnschedulable": "unschedulable",
@@ -240,6 +323,7 @@ def _problems_text(problems: dict[str, list[str]]) -> tuple[str, str]:
         "ImagePullFailed": "failing to pull the image",
         "ContainerConfigError": "with a bad container configuration",
         "ServerRestarting": "restarting",
+        "CacheVolumeUnavailable": "waiting for the cache volume",
     }
     parts = []
     for reason in reasons:
@@ -287,7 +371,7 @@ def _servers_verdict(gd: GemmaDeployment, obs: Observed, model: Finding) -> Verd
     desired = gd.spec.replicas
     dep_status = (obs.deployment or {}).get("status") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
-    problems = pod_problems(obs.server_pods, obs.server_logs)
+    problems = pod_problems(obs.server_pods, obs.server_logs, gd=gd, now=obs.now)
     done = obs.deployment is not None and rollout_done(obs.deployment, desired)
     count = f"{ready}/{desired} ready"
 

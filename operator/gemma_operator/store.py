@@ -1,17 +1,23 @@
-"""The operator's view of the cluster: the objects kopf's watches delivered, kept in memory.
+"""The operator's view of the cluster: the objects the reflectors listed and watched, kept in memory.
 
 A reconcile pass reads children from here instead of asking the API server, so a pass over an unchanged
 object costs no request at all.
+
+resourceVersions are opaque: the store never orders them. It relies on the watch delivering one object's
+versions in order, and compares versions only for equality, to hold the response of its own write until
+the watch has caught up with it (an older event still in flight must not undo the write in the cache).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
 from .builders import COMPONENT_LABEL, INSTANCE_LABEL
+from .kinds import Key, Manifest
 
-Manifest = dict[str, Any]
-Key = tuple[str, str]  # (namespace, name)
+# A write whose watch event never comes (the object was re-listed, or changed by a write we did not see
+# the answer of) stops holding back the watch after this long.
+WRITE_HOLD_SECONDS = 30.0
 
 
 def key_of(obj: Manifest) -> Key:
@@ -19,11 +25,8 @@ def key_of(obj: Manifest) -> Key:
     return (meta.get("namespace") or "", meta.get("name") or "")
 
 
-def _resource_version(obj: Manifest) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:  # resourceVersions are opaque; ours are etcd revisions, but never crash on one
-        return 0
+def _resource_version(obj: Manifest) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 class Store:
@@ -34,19 +37,54 @@ class Store:
         self._objects: dict[str, dict[Key, Manifest]] = {}
         # kind -> (namespace, instance) -> {(namespace, name): object}
         self._by_instance: dict[str, dict[Key, dict[Key, Manifest]]] = {}
+        # kind -> key -> (resourceVersion of our write, when) until the watch delivers that version
+        self._written: dict[str, dict[Key, tuple[str, float]]] = {}
 
     def upsert(self, kind: str, obj: Manifest) -> None:
-        """Keep the newest version: a watch event may arrive after the response of our own write."""
-        bucket = self._objects.setdefault(kind, {})
+        """A watch event: the newest version, unless it is older than our own write still on its way."""
         key = key_of(obj)
+        held = self._written.get(kind, {}).get(key)
+        if held is not None:
+            version, since = held
+            if _resource_version(obj) == version or time.monotonic() - since > WRITE_HOLD_SECONDS:
+                del self._written[kind][key]
+            else:
+                return  # an event from before our write: the cache already holds something newer
+        self._put(kind, key, obj)
+
+    def record_write(self, kind: str, obj: Manifest) -> None:
+        """The API server's answer to our write: newer than any event of the object seen so far."""
+        key = key_of(obj)
+        old = self._objects.get(kind, {}).get(key)
+        if old is None or _resource_version(old) != _resource_version(obj):  # a no-op write makes no event
+            self._written.setdefault(kind, {})[key] = (_resource_version(obj), time.monotonic())
+        self._put(kind, key, obj)
+
+    def replace(self, kind: str, namespace: str | None, objects: list[Manifest]) -> list[Manifest]:
+        """A (re-)list: the cache of `kind` in `namespace` (None: all) becomes exactly `objects`.
+        Returns the objects that are gone, so their owners can be looked at again."""
+        bucket = self._objects.get(kind, {})
+        listed = {key_of(obj) for obj in objects}
+        gone = [obj for key, obj in list(bucket.items())
+                if key not in listed and (namespace is None or key[0] == namespace)]
+        for obj in gone:
+            self.remove(kind, obj)
+        written = self._written.get(kind, {})
+        for key in [k for k in written if namespace is None or k[0] == namespace]:
+            del written[key]  # the list is newer than any write made before it
+        for obj in objects:
+            self._put(kind, key_of(obj), obj)
+        return gone
+
+    def _put(self, kind: str, key: Key, obj: Manifest) -> None:
+        bucket = self._objects.setdefault(kind, {})
         old = bucket.get(key)
-        if old is None or _resource_version(obj) >= _resource_version(old) or _uid(old) != _uid(obj):
-            instance = _instance(obj)
-            if old is not None and _instance(old) != instance:
-                self._unindex(kind, key, old)
-            bucket[key] = obj
-            if instance:  # an update keeps its place (children come in the order they were first seen)
-                self._by_instance.setdefault(kind, {}).setdefault((key[0], instance), {})[key] = obj
+        instance = _instance(obj)
+        if old is not None and _instance(old) != instance:
+            self._unindex(kind, key, old)
+        bucket[key] = obj
+        if instance:  # an update keeps its place (children come in the order they were first seen)
+            self._by_instance.setdefault(kind, {}).setdefault((key[0], instance), {})[key] = obj
 
     def remove(self, kind: str, obj: Manifest) -> None:
         bucket = self._objects.get(kind, {})
@@ -55,6 +93,7 @@ class Store:
         if current is not None and _uid(current) == _uid(obj):
             del bucket[key]
             self._unindex(kind, key, current)
+            self._written.get(kind, {}).pop(key, None)
 
     def _unindex(self, kind: str, key: Key, obj: Manifest) -> None:
         instance = _instance(obj)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from .kinds import Manifest
 
-Manifest = dict[str, Any]
 EventSpec = tuple[str, str, str]  # (type, reason, message)
 
 _MODEL_EVENTS = {

@@ -13,8 +13,7 @@ from collections import deque
 from prometheus_client import Histogram
 
 from . import metrics
-
-Key = tuple[str, str]
+from .kinds import Key
 
 QUEUE_WAIT = Histogram(
     "gemma_operator_queue_wait_seconds",
@@ -47,9 +46,12 @@ class WorkQueue:
 
     def add_after(self, key: Key, delay: float) -> None:
         """Queue the key once `delay` seconds from now (an earlier timer for it wins)."""
-        if key in self._timers:
-            return
         loop = asyncio.get_running_loop()
+        timer = self._timers.get(key)
+        if timer is not None:
+            if timer.when() <= loop.time() + delay:
+                return
+            timer.cancel()
 
         def fire() -> None:
             self._timers.pop(key, None)

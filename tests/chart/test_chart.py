@@ -61,17 +61,44 @@ def _rendered_crd_text(rendered: str) -> str:
     raise AssertionError("no CRD in the rendered chart")
 
 
-def test_crd_is_rendered_byte_identically_with_keep_annotation(render: Render) -> None:
-    source = CRD_SOURCE.read_text()
-    # crds.keep=false: the file exactly as it is in crds/.
-    assert _rendered_crd_text(render("--set", "crds.keep=false")) == source
-    # crds.keep=true (default): the same bytes plus the two annotation lines under metadata.
-    kept = _rendered_crd_text(render())
-    inserted = "  annotations:\n    helm.sh/resource-policy: keep\n"
-    assert kept == source.replace("\nmetadata:\n", "\nmetadata:\n" + inserted, 1)
-    crd = by_kind(render(), "CustomResourceDefinition")[0]
-    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
-    assert crd["metadata"]["name"] == "gemmadeployments.gemma.ai"
+def test_crd_is_rendered_from_the_file_with_a_templated_keep_annotation(render: Render) -> None:
+    source = yaml.safe_load(CRD_SOURCE.read_text())
+    template = (CHART / "templates" / "crds.yaml").read_text()
+    # The annotation is set on the parsed CRD, not written into its text with a regular expression.
+    assert "regexReplace" not in template and "fromYaml" in template
+    # crds.keep=false: the CRD of crds/ as it is, without annotations.
+    (plain,) = by_kind(render("--set", "crds.keep=false"), "CustomResourceDefinition")
+    assert plain == source and "annotations" not in plain["metadata"]
+    # crds.keep=true (default): the same object plus the keep annotation, and nothing else.
+    (kept,) = by_kind(render(), "CustomResourceDefinition")
+    assert kept["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    del kept["metadata"]["annotations"]
+    assert kept == source
+    assert kept["metadata"]["name"] == "gemmadeployments.gemma.ai"
+
+
+def test_gemmadeployments_are_not_in_kubectl_get_all(render: Render) -> None:
+    """`kubectl get all` lists the workloads of a namespace; a GemmaDeployment is not one of them."""
+    for crd in (yaml.safe_load(CRD_SOURCE.read_text()), by_kind(render(), "CustomResourceDefinition")[0]):
+        names = crd["spec"]["names"]
+        assert "all" not in names.get("categories", []), names
+        assert names["shortNames"] == ["gd", "gemma"]
+
+
+def test_default_workers_are_the_operators_default(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One default for --workers: the chart renders the operator's own (gemma_operator.settings)."""
+    from gemma_operator.settings import Settings
+
+    monkeypatch.delenv("GEMMA_WORKERS", raising=False)
+    code_default = Settings().workers
+    (container,) = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+    assert f"--workers={code_default}" in container["args"]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert values["operator"]["workers"] == code_default
+    assert schema["properties"]["operator"]["properties"]["workers"]["default"] == code_default
+    readme = (CHART.parents[1] / "README.md").read_text()
+    assert f"| `operator.workers` | `{code_default}`" in readme
 
 
 def test_crds_disabled_renders_no_crd(render: Render) -> None:

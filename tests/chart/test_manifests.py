@@ -32,7 +32,8 @@ NO_SCHEMA = ["ServiceMonitor", "PodMonitor"]
 
 
 def children_of_seed() -> list[dict[str, Any]]:
-    """The children the operator's builders render for gemma.yaml (PVC, Job, Deployment, Service)."""
+    """The children the operator's builders render for gemma.yaml (PVC, Job, Deployment, Service), and the
+    ConfigMap of the API-key guard that gemma.yaml with apiKeySecretRef adds."""
     from gemma_operator import builders
     from gemma_operator.settings import Settings
     from gemma_operator.spec import GemmaDeployment
@@ -42,6 +43,9 @@ def children_of_seed() -> list[dict[str, Any]]:
     gd, settings = GemmaDeployment.from_body(body), Settings()
     built = [builders.build_cache_pvc(gd), builders.build_download_job(gd, settings),
              builders.build_server_deployment(gd, settings), builders.build_service(gd)]
+    # With spec.apiKeySecretRef: the servers' API-key guard (issue 12).
+    keyed = GemmaDeployment.from_body(body | {"spec": body["spec"] | {"apiKeySecretRef": {"name": "k", "key": "k"}}})
+    built.append(builders.build_auth_configmap(keyed))
     return [m for m in built if m is not None]
 
 
@@ -80,7 +84,7 @@ def test_seed_and_its_children_validate(kubeconform: str, schema_dirs: list[Path
     files = [REPO / "gemma.yaml", write_docs(tmp_path / "children.yaml", children_of_seed())]
     report = kubeconform_run(kubeconform, schema_dirs, *files)
     assert report["returncode"] == 0, report["resources"]
-    assert report["summary"] == {"valid": 5, "invalid": 0, "errors": 0, "skipped": 0}
+    assert report["summary"] == {"valid": 6, "invalid": 0, "errors": 0, "skipped": 0}  # gemma.yaml + 5 children
 
 
 def test_kubeconform_really_checks(render: Render, kubeconform: str, schema_dirs: list[Path],
@@ -157,7 +161,10 @@ DANGEROUS_VERBS = {"*", "escalate", "bind", "impersonate", "deletecollection"}
 FORBIDDEN_RESOURCES = {"secrets", "pods/exec", "pods/attach", "pods/portforward", "nodes", "namespaces",
                        "clusterroles", "clusterrolebindings", "roles", "rolebindings", "serviceaccounts",
                        "serviceaccounts/token", "mutatingwebhookconfigurations", "validatingwebhookconfigurations",
-                       "configmaps", "persistentvolumes", "*"}
+                       "persistentvolumes", "*"}
+# ConfigMaps: the servers' API-key guard (issue 12) is one; the operator creates and patches its own and
+# never updates or deletes any.
+CONFIGMAP_VERBS = {"get", "list", "watch", "create", "patch"}
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
@@ -173,6 +180,8 @@ def test_rbac_has_no_risky_rules(render: Render, values: list[str]) -> None:
             assert not DANGEROUS_VERBS & set(rule["verbs"]), where
             assert not FORBIDDEN_RESOURCES & set(rule["resources"]), where
             assert "*" not in rule["apiGroups"], where
+            if "configmaps" in rule["resources"]:
+                assert rule["resources"] == ["configmaps"] and set(rule["verbs"]) <= CONFIGMAP_VERBS, where
             if "pods" in rule["resources"]:
                 assert set(rule["verbs"]) <= {"get", "list", "watch"}, where
             if rule["apiGroups"] == ["apiextensions.k8s.io"]:

@@ -500,7 +500,11 @@ def test_download_failed_job_pod_fails_with_exit_code_3(
     cluster: Cluster, namespace: str
 ) -> None:
     local_only(cluster)
-    cluster.apply(job("download", {"sim.gemma.ai/state": "download-failed"}), namespace)
+    body = job("download", {"sim.gemma.ai/state": "download-failed"})
+    # The message names what the pod's own arguments asked for (a wrong operator's mistake shows).
+    body["spec"]["template"]["spec"]["containers"][0]["args"] = [
+        "--source", "huggingface", "--model-id", "someone/no-such-model", "--revision", "v9", "--cache-root", "/models"]
+    cluster.apply(body, namespace)
     failed = wait_for(
         lambda: condition(cluster.get("job", "download", namespace), "Failed"),
         timeout=60,
@@ -513,7 +517,7 @@ def test_download_failed_job_pod_fails_with_exit_code_3(
     assert terminated["exitCode"] == 3
     assert terminated["reason"] == "Error"
     assert terminated["message"] == (
-        "download failed: model LLM-Research/gemma-3-4b-itx not found on modelscope (HTTP 404)"
+        "download failed: model someone/no-such-model not found on huggingface (revision v9)"
     )
 
 
@@ -592,10 +596,10 @@ def test_crash_looping_pod(
     cluster: Cluster, namespace: str, state: str, exit_code: int, reason: str
 ) -> None:
     local_only(cluster)
-    cluster.apply(
-        deployment("server", gpus=1, annotations={"sim.gemma.ai/state": state}),
-        namespace,
-    )
+    body = deployment("server", gpus=1, annotations={"sim.gemma.ai/state": state})
+    # The crash message carries the container's own --max-model-len (a wrong operator's value shows).
+    body["spec"]["template"]["spec"]["containers"][0]["args"] = ["--port", "8000", "--max-model-len", "77777"]
+    cluster.apply(body, namespace)
     pod = wait_for(
         lambda: [
             p
@@ -616,7 +620,7 @@ def test_crash_looping_pod(
     assert last["reason"] == reason
     if state == "crash-loop":
         assert last["message"] == (
-            "ValueError: User-specified max_model_len (131072) is greater than the derived "
+            "ValueError: User-specified max_model_len (77777) is greater than the derived "
             "max_model_len (max_position_embeddings=32768)"
         )
     deploy = cluster.kubectl_json("get", "deployment", "server", "-n", namespace)

@@ -92,7 +92,11 @@ class Downloader:
         self.proc.wait(timeout=10)
 
     def result(self, timeout: float = 90) -> Result:
-        returncode = self.proc.wait(timeout=timeout)
+        try:
+            returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()  # a hung downloader must not outlive its test
+            raise
         for reader in self._readers:
             reader.join(timeout=10)
         return Result(returncode, self.events, "".join(self.stdout_lines), "".join(self._stderr),

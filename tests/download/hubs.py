@@ -3,7 +3,7 @@
 Each hub is a threaded http.server that implements exactly the endpoints the installed clients call (read
 from their source: modelscope_hub's LegacyClient/DownloadManager, huggingface_hub's HfApi/hf_hub_download),
 serves a small generated model repository, records every request, and injects faults on demand: a
-dropped connection after N bytes, 5xx answers, 401/403, unknown model or revision, ModelScope's HTTP 200
+dropped connection after N bytes, a connection held open mid-file without sending, 5xx answers, 401/403, unknown model or revision, ModelScope's HTTP 200
 with "Success": false, and a throttled transfer.
 """
 
@@ -117,6 +117,9 @@ class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._drops: dict[str, _Countdown] = {}
+        self._stalls: dict[str, int] = {}
+        # Set when the hub stops: held connections then close, so that no handler thread outlives it.
+        self.released = threading.Event()
         self._statuses: dict[str, _Countdown] = {}
         self.throttle_bps: int | None = None
         self.success_false = False
@@ -130,6 +133,16 @@ class Faults:
         """Close the connection after `nbytes` of the body of `path`, for the next `times` requests."""
         with self._lock:
             self._drops[path] = _Countdown(nbytes, times)
+
+    def stall_at(self, path: str, offset: int) -> None:
+        """Send the headers and the body of `path` up to byte `offset` of the file, then nothing more while
+        holding the connection open, on every request (a resumed one too) until the hub stops."""
+        with self._lock:
+            self._stalls[path] = offset
+
+    def stall_offset(self, path: str) -> int | None:
+        with self._lock:
+            return self._stalls.get(path)
 
     def fail(self, status: int, kind: str = "api", times: int = 1_000_000) -> None:
         """Answer the next `times` requests of `kind` ("api" or "file") with `status`."""
@@ -196,6 +209,7 @@ class StandInHub:
         return self
 
     def stop(self) -> None:
+        self.faults.released.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -301,6 +315,18 @@ class StandInHub:
 
     def _stream(self, h: BaseHTTPRequestHandler, path: str, body: bytes) -> None:
         drop_after = self.faults.take_drop(path)
+        entry: LoggedRequest = h.hub_entry  # type: ignore[attr-defined]
+        stall_at = self.faults.stall_offset(path)
+        if stall_at is not None:
+            stall_at = max(0, stall_at - entry.range_start)  # the file's offset, in this body's bytes
+            body = body[:stall_at]
+        self._send_body(h, path, body, drop_after)
+        if stall_at is not None:
+            h.wfile.flush()
+            self.faults.released.wait()
+            raise _Dropped(path)
+
+    def _send_body(self, h: BaseHTTPRequestHandler, path: str, body: bytes, drop_after: int | None) -> None:
         entry: LoggedRequest = h.hub_entry  # type: ignore[attr-defined]
         for offset in range(0, len(body), CHUNK):
             chunk = body[offset:offset + CHUNK]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from tests.download.conftest import Case, sha256_file, wait_until
+from tests.download.hubs import LoggedRequest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,6 +17,11 @@ pytestmark = pytest.mark.timeout(120)
 def assert_files_match_hub(case: Case) -> None:
     for path in case.repo.files:
         assert sha256_file(case.model_dir / path) == case.repo.sha256(path), path
+
+
+def served_path(case: Case, request: LoggedRequest) -> str:
+    return request.path.split("/resolve/", 1)[1].split("/", 1)[1] if case.source == "huggingface" \
+        else request.query["FilePath"]
 
 
 def partial_files(case: Case) -> list[Path]:
@@ -266,3 +272,69 @@ def test_progress_rises_monotonically_from_0_to_100_against_the_repository_size(
     assert result.last["event"] == "done" and result.last["percent"] == 100.0
     assert result.last["bytesDone"] == result.last["bytesTotal"] == total
     assert all(json.loads(line) for line in result.stdout.splitlines())  # stdout carries only events
+
+
+# --- issue 12: a stalled download fails (transient) and says where ----------------------------------------
+def _stall_detail(message: str, shard: str) -> tuple[int, int]:
+    found = re.search(rf"no byte for 2s while downloading {re.escape(shard)} \((\d+) of (\d+) bytes\)", message)
+    assert found, message
+    return int(found[1]), int(found[2])
+
+
+def test_stalled_download_fails_as_transient_naming_the_file_and_its_bytes(case: Case) -> None:
+    shard = "model-00001-of-00002.safetensors"
+    stall_at = 1200 * 1024  # past the clients' 1 MiB write chunk, so part of the file is on disk
+    case.hub.faults.stall_at(shard, stall_at)
+
+    # Through the environment, as the Job passes spec.download.stallTimeoutSeconds.
+    result = case.run("--attempts", "2", env=case.env(GEMMA_DOWNLOAD_STALL_TIMEOUT_SECONDS="2"), timeout=60)
+
+    assert result.returncode == 4, result.stderr
+    assert result.seconds < 30, result.seconds  # 2 attempts x 2 s, not the hub's forever
+    assert result.last["event"] == "failed" and result.last["reason"] == "DownloadStalled"
+    have, size = _stall_detail(result.last["message"], shard)
+    assert size == len(case.repo.files[shard]) and 0 < have <= stall_at
+    [partial] = partial_files(case)  # the killed attempt's bytes stay for the next pod
+    assert partial.stat().st_size == have
+    message = case.termination_message()
+    assert _stall_detail(message, shard) == (have, size)
+    assert case.model_id in message and case.source in message and "after 2 attempts" in message
+    # The second attempt resumed the first one's partial file instead of starting over.
+    requests = [r for r in case.hub.file_requests() if served_path(case, r) == shard]
+    assert [r.range_start > 0 for r in requests] == [False, True]
+    assert not case.manifest.exists()
+
+
+@pytest.mark.parametrize("case", ["huggingface"], indirect=True)
+def test_client_giving_up_on_a_silent_hub_before_the_stall_timeout_is_reported_as_a_stall(case: Case) -> None:
+    shard = "model-00001-of-00002.safetensors"
+    case.hub.faults.stall_at(shard, 1200 * 1024)
+    # The client's own read timeout (10 s, retried 5 times: it gives up long before the default 600 s),
+    # shortened so that the test is quick.
+    result = case.run("--attempts", "1", env=case.env(HF_HUB_DOWNLOAD_TIMEOUT="2"), timeout=90)
+
+    assert result.returncode == 4, result.stderr
+    assert result.last["reason"] == "DownloadStalled", result.stderr[-2000:]
+    size = len(case.repo.files[shard])
+    assert re.search(rf"stalled: no byte for \d+s while downloading {re.escape(shard)} \(\d+ of {size} bytes\); "
+                     "the client gave up", result.last["message"]), result.last["message"]
+    assert result.seconds < 60, result.seconds
+
+
+# --- issue 12: two downloaders of one revision into one volume ------------------------------------------
+def test_second_downloader_of_a_revision_waits_for_the_lock_then_finds_it_complete(case: Case) -> None:
+    case.hub.faults.throttle_bps = 1024 * 1024  # about 3 s, so the two runs overlap
+    first = case.start()
+    wait_until(lambda: first.bytes_done() > 0, 30, "the first downloader's bytes on disk")
+    second = case.start()
+
+    results = first.result(), second.result()
+
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert_files_match_hub(case)
+    waiting = [e for e in results[1].events if e["event"] == "waiting"]
+    assert waiting and waiting[0]["reason"] == "Locked", results[1].events
+    assert results[1].last["event"] == "done" and results[1].last["alreadyComplete"] is True
+    # Each file left the hub once, whole: the second run neither fetched nor resumed anything.
+    served = sorted((served_path(case, r), r.bytes_sent) for r in case.hub.file_requests())
+    assert served == sorted((p, len(b)) for p, b in case.repo.files.items())

@@ -17,6 +17,7 @@ from gemma_operator.download.progress import (
     last_event,
 )
 from gemma_operator.download.retry import RetryPolicy, with_retries
+from gemma_operator.download.stall import StallWatch, in_progress
 from gemma_operator.download.verify import manifest_is_complete
 
 LISTING = Listing((RepoFile("config.json", 100), RepoFile("weights/model.safetensors", 1000)))
@@ -114,3 +115,59 @@ def test_last_event_reads_the_newest_event_of_a_log_tail() -> None:
 
     assert last_event(tail) == {"event": "progress", "bytesDone": 2, "bytesTotal": 4, "percent": 50.0}
     assert last_event("no events here\n") is None
+
+
+# --- stall detection (issue 12) ---------------------------------------------------------------------------
+STALL_LISTING = Listing((RepoFile("config.json", 100, sha256="ab" * 32),
+                         RepoFile("model-00001.safetensors", 1000, sha256="cd" * 32)))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stall_is_reported_only_after_the_timeout_without_any_change_on_disk(tmp_path: Path) -> None:
+    partial = tmp_path / "model-00001.safetensors.incomplete"
+    partial.write_bytes(b"x" * 300)
+    clock = FakeClock()
+    watch = StallWatch(str(tmp_path), STALL_LISTING, timeout=10, clock=clock)
+
+    clock.now = 9.9
+    assert watch.stalled() is None
+    partial.write_bytes(b"x" * 400)  # a byte arrived: the clock starts again
+    clock.now = 19.0
+    assert watch.stalled() is None
+    partial.write_bytes(b"x" * 50)  # a client discarding a partial file is working, not stalled
+    clock.now = 28.0
+    assert watch.stalled() is None
+    clock.now = 38.0
+    assert watch.stalled() == "no byte for 10s while downloading model-00001.safetensors (50 of 1000 bytes)"
+
+
+def test_stall_before_any_file_started_says_how_far_the_revision_got(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_bytes(b"x" * 100)
+    clock = FakeClock()
+    watch = StallWatch(str(tmp_path), STALL_LISTING, timeout=5, clock=clock)
+
+    clock.now = 5.0
+    assert watch.stalled() == "no byte for 5s while downloading (100 of 1100 bytes of the revision on disk)"
+
+
+def test_in_progress_maps_both_clients_partial_names_to_the_listed_file(tmp_path: Path) -> None:
+    hf = tmp_path / ".cache" / "huggingface" / "download"
+    hf.mkdir(parents=True)
+    (hf / f"Zm9vYmFy_-=.{'cd' * 32}.1a2b3c4d.incomplete").write_bytes(b"x" * 200)  # Hugging Face
+    (hf / "model-00001.safetensors.metadata").write_bytes(b"x" * 50)
+    (tmp_path / "config.json.incomplete").write_bytes(b"x" * 30)  # ModelScope
+    parts = tmp_path / "sub"
+    parts.mkdir()
+    listing = Listing(STALL_LISTING.files + (RepoFile("sub/big.bin", 500, sha256="ef" * 32),))
+    (parts / "big.bin_0_99").write_bytes(b"x" * 100)  # ModelScope's ranged parts add up
+    (parts / "big.bin_100_199").write_bytes(b"x" * 60)
+
+    assert in_progress(str(tmp_path), listing) == [
+        (listing.files[0], 30), (listing.files[1], 200), (listing.files[2], 160)]

@@ -26,5 +26,8 @@ def crd(cluster: kube.Cluster) -> kube.Cluster:
 def operator(crd: kube.Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     proc = OperatorProcess(crd.kubeconfig, tmp_path / "operator.log", args=["--namespace", namespace]).start()
     yield proc
-    proc.stop()
+    try:
+        proc.assert_running()  # still the process the test started: it neither crashed nor exited
+    finally:
+        proc.stop()
     assert "Traceback" not in proc.log(), f"the operator logged a traceback:\n{proc.log()[-4000:]}"

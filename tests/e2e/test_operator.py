@@ -63,17 +63,62 @@ def test_seed_reaches_ready_with_all_children(crd: kube.Cluster, namespace: str,
     assert {"DownloadStarted", "DownloadSucceeded", "ServersReady"} <= reasons
 
 
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _explained_fields(out: str) -> dict[str, tuple[str, str]]:
+    """The FIELDS section of `kubectl explain`: {name: (the type line's rest, the description)}.
+
+    A field is a line `  <name>\t<type>`, then maybe `  enum: ...`, then its description indented by 4.
+    """
+    fields: dict[str, tuple[str, str]] = {}
+    lines = out.split("FIELDS:\n", 1)[1].splitlines()
+    name = None
+    for line in lines:
+        if line.startswith("  ") and not line.startswith("   ") and "\t" in line:
+            name, _, kind = line.strip().partition("\t")
+            fields[name] = (kind.strip(), "")
+        elif name is not None and line.startswith("    ") and line.strip():
+            kind, desc = fields[name]
+            fields[name] = (kind, f"{desc} {line.strip()}".strip())
+    return fields
+
+
+def _crd_spec_schema() -> dict:
+    import yaml
+
+    crd = yaml.safe_load((REPO / "crds" / "gemmadeployments.yaml").read_text())
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+
+
 def test_explain_teaches_the_fields(crd: kube.Cluster) -> None:
-    out = crd.kubectl("explain", "gemmadeployment.spec.maxModelLen").stdout
-    assert "--max-model-len" in out
-    model = crd.kubectl("explain", "gemmadeployment.spec.model").stdout
-    for field in ("id", "source", "revision", "tokenSecretRef"):
-        assert field in model
+    """The API server serves each field's own description (from crds/) to `kubectl explain`."""
+    schema = _crd_spec_schema()
+    assert "--max-model-len" in schema["maxModelLen"]["description"]
+
+    def check() -> None:
+        out = crd.kubectl("explain", "gemmadeployment.spec.maxModelLen").stdout
+        description = out.split("DESCRIPTION:\n", 1)[1]
+        assert _words(description) == _words(schema["maxModelLen"]["description"]), out
+        fields = _explained_fields(crd.kubectl("explain", "gemmadeployment.spec.model").stdout)
+        for field in ("id", "source", "revision", "tokenSecretRef"):
+            assert field in fields, f"spec.model.{field} is not among the explained fields: {sorted(fields)}"
+            expected = _words(schema["model"]["properties"][field]["description"])
+            assert expected and fields[field][1] == expected, (field, fields[field], expected)
+        assert fields["id"][0] == "<string> -required-"
+        assert fields["tokenSecretRef"][0] == "<Object>"
+
+    # The API server publishes a changed CRD's OpenAPI a moment after the apply: poll a little (on
+    # timeout, wait_for shows the last failed assertion, naming the field and both texts).
+    wait_for(lambda: check() or True, timeout=20, interval=1, message="the CRD's descriptions in kubectl explain")
 
 
 def test_scale_to_three_and_beyond_the_cluster(crd: kube.Cluster, namespace: str, operator: OperatorProcess) -> None:
     wait_gpus_free(crd, needed=8)
-    apply_seed(crd, namespace)
+    # Beyond the cluster means every GPU of both nodes: a ReadWriteMany cache lets the replicas spread (the
+    # default ReadWriteOnce keeps them on one node: tests/e2e/test_cache_volume.py).
+    crd.apply(seed(cache={"size": "20Gi", "accessModes": ["ReadWriteMany"]}), namespace)
     wait_phase(crd, namespace, "Ready", timeout=90)
 
     crd.kubectl("scale", "gemma/gemma", "-n", namespace, "--replicas=3")
@@ -150,6 +195,18 @@ def test_no_writes_when_nothing_changes(crd: kube.Cluster, namespace: str, opera
     writes = operator_writes(crd, namespace)[before:]
     assert writes == [], f"the operator wrote while nothing changed: {[(w['verb'], w['requestURI']) for w in writes]}"
     assert crd.get("gemma", "gemma", namespace)["metadata"]["resourceVersion"] == rv_before
+
+    # Positive control: the same matcher sees the operator's writes once there is something to do, so
+    # the empty list above is the operator's silence, not a matcher that sees nothing.
+    after = len(operator_writes(crd, namespace))
+    crd.kubectl("patch", "gemma", "gemma", "-n", namespace, "--type=merge", "-p", '{"spec":{"maxModelLen":4096}}')
+
+    def deployment_patched() -> list[dict]:
+        return [w for w in operator_writes(crd, namespace)[after:]
+                if w["verb"] == "patch" and (w.get("objectRef") or {}).get("resource") == "deployments"
+                and w["objectRef"].get("name") == "gemma"]
+
+    wait_for(deployment_patched, timeout=30, message="the operator's apply of the changed Deployment in the audit log")
 
 
 def _quiet_for(cluster: kube.Cluster, namespace: str, seconds: float) -> bool:

@@ -261,6 +261,7 @@ class Table:
         assert st.get("phase") == "Ready" and st.get("ready") == "1/1", f"the valid GemmaDeployment: {st}"
         assert st.get("observedGeneration") == obj["metadata"]["generation"], st
         assert "Traceback" not in self.operator.log(), self.operator.log()[-4000:]
+        self.operator.assert_running()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,9 @@ what a local process on a CPU-only host must change, and nothing else:
   VLLM_HOST_IP=127.0.0.1 for its internal sockets);
 - the pod's emptyDir mounts (e.g. /tmp, where HOME and the caches point) become temporary directories, in
   the env values and arguments that name them;
+- its configMap mounts (the API-key guard, see builders.build_auth_configmap) become read-only local
+  directories holding the rendered ConfigMap's keys as files, as the kubelet projects them (renamed the same
+  way in env values and arguments, e.g. PYTHONPATH);
 - the CPU build's flags are added (`CPU_ARGS`: a fixed KV cache size, eager mode), and `VLLM_CACHE_ROOT`
   points to a temporary directory (through the emptyDir mapping, or set when the manifest has none);
 - env vars from `secretKeyRef` are filled from the test's secrets.
@@ -108,6 +111,14 @@ def render(body: Mapping[str, Any]) -> dict[str, Any]:
     from gemma_operator.spec import GemmaDeployment
 
     return build_server_deployment(GemmaDeployment.from_body(body), Settings())
+
+
+def render_config_maps(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ConfigMaps the operator renders beside the Deployment (those its server pods mount)."""
+    from gemma_operator.builders import build_auth_configmap
+    from gemma_operator.spec import GemmaDeployment
+
+    return [cm for cm in [build_auth_configmap(GemmaDeployment.from_body(body))] if cm is not None]
 
 
 def variant(**spec_changes: Any) -> dict[str, Any]:
@@ -382,6 +393,41 @@ def emptydir_mounts(deployment: Mapping[str, Any], workdir: Path) -> dict[str, s
     return out
 
 
+def configmap_mounts(
+    deployment: Mapping[str, Any], workdir: Path, config_maps: list[Mapping[str, Any]]
+) -> dict[str, str]:
+    """Mount path -> local directory, for the configMap volumes of the vllm container: each holds the
+    ConfigMap's keys (or the volume's `items`) as files with the volume's mode, in a directory nobody may
+    write (the mount is read-only). A volume whose ConfigMap is not given fails, as the kubelet would
+    leave the pod in ContainerCreating."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["configMap"] for v in pod.get("volumes") or [] if "configMap" in v}
+    by_name = {cm["metadata"]["name"]: cm for cm in config_maps}
+    out = {}
+    for m in server_container(deployment).get("volumeMounts") or []:
+        source = volumes.get(m["name"])
+        if source is None:
+            continue
+        assert m.get("readOnly") is True, f"configMap mount {m['mountPath']} is not readOnly"
+        cm = by_name.get(source["name"])
+        if cm is None:
+            assert source.get("optional"), f"the pod mounts ConfigMap {source['name']!r}; the test gives none"
+            continue
+        data = dict(cm.get("data") or {})
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        local = workdir / "volumes" / m["name"]
+        local.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            target = local / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
+            target.chmod(int(item.get("mode", source.get("defaultMode", 0o644))))
+        for d in sorted({p for p in local.rglob("*") if p.is_dir()} | {local}, reverse=True):
+            d.chmod(0o555)
+        out[m["mountPath"].rstrip("/")] = str(local)
+    return out
+
+
 def _remap(value: str, mounts: Mapping[str, str]) -> str:
     for pod_path, local in mounts.items():
         if value == pod_path or value.startswith(pod_path + "/"):
@@ -397,12 +443,14 @@ def run_rendered_server(
     venv: Path,
     workdir: Path,
     secrets: Mapping[tuple[str, str], str] | None = None,
+    config_maps: list[Mapping[str, Any]] | None = None,
     ready_timeout: float = READY_TIMEOUT,
 ) -> LocalServer:
     """Start the rendered `vllm` container as a local process and wait until its startup probe passes."""
     extra = CPU_ARGS if extra_cpu_args is None else extra_cpu_args
     workdir.mkdir(parents=True, exist_ok=True)
     mounts = emptydir_mounts(deployment_manifest, workdir)
+    mounts |= configmap_mounts(deployment_manifest, workdir, list(config_maps or []))
     argv, ports, container_ports, changes = local_command(deployment_manifest, model_dir, extra, mounts)
     c = server_container(deployment_manifest)
     probes = {k: c[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in c}
@@ -413,7 +461,7 @@ def run_rendered_server(
     env = _base_env(venv, workdir / "hf-home")
     env.update({k: _remap(v, mounts) for k, v in container_env(c, secrets or {}).items()})
     if mounts:
-        changes.append("emptyDir " + ", ".join(f"{k} -> {v}" for k, v in mounts.items()))
+        changes.append("emptyDir/configMap " + ", ".join(f"{k} -> {v}" for k, v in mounts.items()))
     if "VLLM_CACHE_ROOT" not in (e["name"] for e in c.get("env") or []):
         env["VLLM_CACHE_ROOT"] = str(workdir / "vllm-cache")
         changes.append(f"VLLM_CACHE_ROOT={env['VLLM_CACHE_ROOT']}")

@@ -74,8 +74,29 @@ class OperatorProcess:
             time.sleep(0.2)
         raise TimeoutError(f"operator not healthy within {timeout}s:\n{self.log()}")
 
+    def assert_running(self) -> None:
+        """The process start() started has not exited. A fatal error of the operator is one log line
+        ("operator stopped: ...") and exit status 1, not a traceback: a log check alone misses it."""
+        assert self.proc is not None, "the operator was never started"
+        code = self.proc.poll()
+        assert code is None, f"the operator exited (status {code}) before the test ended:\n{self.log()[-4000:]}"
+
     def metrics(self) -> str:
         return requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the /metrics samples called `name` whose labels include `labels` (0 if none).
+
+        A metric's HELP and TYPE lines are there from the import on; only its samples say that
+        something happened."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.metrics())
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def log(self) -> str:
         return (

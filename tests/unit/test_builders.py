@@ -161,3 +161,65 @@ def test_rollout_strategy_follows_the_spec(gemma_body: dict[str, Any], settings:
 def test_default_rollout_needs_no_spare_gpu(gd: GemmaDeployment, settings: Settings) -> None:
     strategy = builders.build_server_deployment(gd, settings)["spec"]["strategy"]
     assert strategy["rollingUpdate"]["maxSurge"] == 0
+
+
+def _pod_affinity(manifest: dict[str, Any]) -> Any:
+    return (manifest["spec"]["template"]["spec"].get("affinity") or {}).get("podAffinity")
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 5])
+def test_read_write_once_cache_keeps_the_servers_on_one_node(
+    gemma_body: dict[str, Any], settings: Settings, replicas: int
+) -> None:
+    # The default cache is ReadWriteOnce: only one node can mount it, so the replicas share that node.
+    # The term is there for every replica count, so kubectl scale never changes the pod template.
+    gd = variant(gemma_body, replicas=replicas)
+    terms = _pod_affinity(builders.build_server_deployment(gd, settings))["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms == [{"labelSelector": {"matchLabels": builders.selector_labels(gd)},
+                      "topologyKey": "kubernetes.io/hostname"}]
+    template = builders.build_server_deployment(gd, settings)["spec"]["template"]
+    assert builders.selector_labels(gd).items() <= template["metadata"]["labels"].items()  # a pod matches its own term
+
+
+@pytest.mark.parametrize("cache", [
+    {"accessModes": ["ReadWriteMany"]},
+    {"accessModes": ["ReadOnlyMany"]},
+    {"accessModes": ["ReadWriteOnce", "ReadWriteMany"]},
+    {"existingClaim": "shared-weights"},  # not ours: its modes are unknown to the builder
+])
+def test_multi_node_cache_lets_the_servers_spread(gemma_body: dict[str, Any], settings: Settings, cache: dict[str, Any]) -> None:
+    gd = variant(gemma_body, replicas=2, cache=cache)
+    assert _pod_affinity(builders.build_server_deployment(gd, settings)) is None
+
+
+def test_user_affinity_is_kept_and_a_user_pod_affinity_wins(gemma_body: dict[str, Any], settings: Settings) -> None:
+    node = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h200"]}]}]}}
+    gd = variant(gemma_body, replicas=2, affinity={"nodeAffinity": node})
+    affinity = builders.build_server_deployment(gd, settings)["spec"]["template"]["spec"]["affinity"]
+    assert affinity["nodeAffinity"] == node and "podAffinity" in affinity
+    spread = {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "podAffinityTerm": {"labelSelector": {"matchLabels": {"a": "b"}}, "topologyKey": "zone"}}]}
+    gd = variant(gemma_body, replicas=2, affinity={"podAntiAffinity": spread})
+    affinity = builders.build_server_deployment(gd, settings)["spec"]["template"]["spec"]["affinity"]
+    assert affinity == {"podAntiAffinity": spread}
+
+
+def test_download_job_passes_the_stall_timeout_the_downloader_reads(
+        gemma_body: dict[str, Any], settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gemma_operator.download import cli
+
+    def container(gd: GemmaDeployment) -> dict[str, Any]:
+        job = builders.build_download_job(gd, settings)
+        assert job is not None
+        c: dict[str, Any] = job["spec"]["template"]["spec"]["containers"][0]
+        return c
+
+    default = {e["name"]: e.get("value") for e in container(GemmaDeployment.from_body(gemma_body))["env"]}
+    assert default[cli.STALL_TIMEOUT_ENV] == "600"
+    c = container(variant(gemma_body, download={"stallTimeoutSeconds": 120}))
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env[cli.STALL_TIMEOUT_ENV] == "120"
+    # The downloader, started with the Job's args and environment, uses it.
+    monkeypatch.setenv(cli.STALL_TIMEOUT_ENV, env[cli.STALL_TIMEOUT_ENV])
+    assert cli.parse(c["args"]).stall_timeout == 120

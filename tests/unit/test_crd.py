@@ -134,3 +134,12 @@ def test_names_that_make_valid_children(name: str, ok: bool) -> None:
                                         "spec": {"model": {"id": "LLM-Research/gemma-3-4b-it"}}})
         job = builders.download_job_name(gd, settings)
         assert len(job) <= 63 and re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", job), job
+
+
+def test_download_stall_timeout_is_bounded_described_and_defaults_like_the_spec_model() -> None:
+    node = _node("spec.download.stallTimeoutSeconds")
+    assert node["type"] == "integer"
+    assert (node["minimum"], node["maximum"], node["default"]) == (60, 86400, 600)
+    assert "DownloadStalled" in node["description"] and "retries" in node["description"]
+    gd = GemmaDeployment.from_body({"metadata": {"name": "g", "namespace": "n"}, "spec": {"model": {"id": "a/b"}}})
+    assert gd.spec.download.stall_timeout_seconds == node["default"]

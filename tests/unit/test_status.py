@@ -199,3 +199,96 @@ def test_a_restart_that_is_not_backing_off_is_server_restarting(gd: GemmaDeploym
     degraded = cond(st, "Degraded")
     assert (st["phase"], degraded["reason"]) == ("Degraded", "ServerRestarting")
     assert "restart 1" in degraded["message"] and "exit code 137" in degraded["message"]
+
+
+# ---------------------------------------------------------------- a replica waiting for the cache volume (issue 12)
+
+
+def volume_waiting_pod(name: str = "gemma-abc-2", scheduled_at: str = NOW, sandbox: str = "False",
+                       reason: str = "ContainerCreating") -> dict[str, Any]:
+    """A second replica on another node than the ReadWriteOnce cache: what the kubelet reports while
+    FailedAttachVolume (Multi-Attach) repeats: scheduled, no sandbox, the container ContainerCreating."""
+    return {"metadata": {"name": name, "creationTimestamp": NOW}, "spec": {"nodeName": "gpu-node-2"}, "status": {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled_at},
+                       {"type": "PodReadyToStartContainers", "status": sandbox, "lastTransitionTime": scheduled_at},
+                       {"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+        "containerStatuses": [{"name": "vllm", "ready": False, "restartCount": 0, "image": "vllm/vllm-openai:test",
+                               "state": {"waiting": {"reason": reason}}}]}}
+
+
+def ready_pod(name: str = "gemma-abc-1") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"phase": "Running", "conditions": [
+        {"type": "Ready", "status": "True"}], "containerStatuses": [{"name": "vllm", "ready": True, "state": {"running": {}}}]}}
+
+
+def test_replica_stuck_on_a_read_write_once_cache_is_told_with_the_fix(gemma_body: dict[str, Any]) -> None:
+    gd = GemmaDeployment.from_body(gemma_body | {"spec": gemma_body["spec"] | {"replicas": 2}})
+    pods = [ready_pod(), volume_waiting_pod()]
+    obs = status.Observed(job=job("Complete"), deployment=deployment(1, 2), server_pods=pods, now=LATER)
+    st = status.compute_status(gd, obs, {}, LATER)
+    degraded = cond(st, "Degraded")
+    assert st["phase"] == "Degraded" and degraded["status"] == "True"
+    assert degraded["reason"] == "CacheVolumeUnavailable"
+    for words in ("1/2 ready", "gemma-abc-2", "gpu-node-2", f"since {NOW}", "gemma-cache", "ReadWriteOnce", "Multi-Attach",
+                  "spec.cache.accessModes", "[ReadWriteMany]", "one node"):
+        assert words in degraded["message"], degraded["message"]
+    assert cond(st, "Available")["status"] == "True"  # the first replica still serves
+    # The reconciler's transition to it writes a Warning Event of the same reason.
+    assert ("Warning", "CacheVolumeUnavailable", degraded["message"]) in transitions.events_between({}, st)
+    # A later pass words it the same (no growing count of seconds): no status write on every pass.
+    much_later = "2026-11-25T01:00:00Z"
+    again = status.compute_status(gd, status.Observed(job=job("Complete"), deployment=deployment(1, 2), server_pods=pods,
+                                                      now=much_later), st, much_later)
+    assert transitions.merge_patch(st, again) == {}
+
+
+def test_volume_wait_within_the_grace_period_is_only_starting(gd: GemmaDeployment) -> None:
+    just = "2026-11-25T00:00:30Z"
+    obs = status.Observed(job=job("Complete"), deployment=deployment(0, 1), server_pods=[volume_waiting_pod()], now=just)
+    st = status.compute_status(gd, obs, {}, just)
+    assert st["phase"] == "Starting" and cond(st, "Degraded")["status"] == "False"
+    # ... and the reconciler looks again right after the grace period ends (no pod event would come).
+    assert status.next_volume_check(obs.server_pods, just) == status.VOLUME_WAIT_GRACE_SECONDS - 30 + 1
+    assert status.next_volume_check(obs.server_pods, LATER) is None
+
+
+def test_image_pull_and_unknown_time_are_not_a_volume_wait(gd: GemmaDeployment) -> None:
+    # The sandbox exists (volumes mounted): a long ContainerCreating is an image pull, not the volume.
+    pulling = volume_waiting_pod(sandbox="True")
+    old_kubelet = volume_waiting_pod()  # no PodReadyToStartContainers condition (kubelet < 1.29)
+    old_kubelet["status"]["conditions"] = [c for c in old_kubelet["status"]["conditions"]
+                                           if c["type"] != "PodReadyToStartContainers"]
+    for pods, now in (([pulling], LATER), ([old_kubelet], LATER), ([volume_waiting_pod()], "")):
+        obs = status.Observed(job=job("Complete"), deployment=deployment(0, 1), server_pods=pods, now=now)
+        st = status.compute_status(gd, obs, {}, LATER)
+        assert cond(st, "Degraded")["reason"] == "AsExpected", pods
+
+
+def test_unschedulable_for_the_volumes_node_is_a_cache_problem(gd: GemmaDeployment) -> None:
+    pod = unschedulable_pod()
+    pod["status"]["conditions"][0]["message"] = ("0/3 nodes are available: 1 node(s) had volume node affinity conflict, "
+                                                 "2 Insufficient nvidia.com/gpu.")
+    obs = status.Observed(job=job("Complete"), deployment=deployment(0, 1), server_pods=[pod], now=LATER)
+    degraded = cond(status.compute_status(gd, obs, {}, LATER), "Degraded")
+    assert degraded["reason"] == "CacheVolumeUnavailable"
+    assert "volume node affinity conflict" in degraded["message"] and "[ReadWriteMany]" in degraded["message"]
+
+
+def test_replicas_packed_by_the_cache_affinity_say_why(gd: GemmaDeployment) -> None:
+    pod = unschedulable_pod()
+    pod["status"]["conditions"][0]["message"] = ("0/3 nodes are available: 1 Insufficient nvidia.com/gpu, "
+                                                 "1 node(s) didn't match pod affinity rules.")
+    obs = status.Observed(job=job("Complete"), deployment=deployment(4, 5), server_pods=[pod], now=LATER)
+    degraded = cond(status.compute_status(gd, obs, {}, LATER), "Degraded")
+    assert degraded["reason"] == "PodsUnschedulable"
+    assert "pod affinity" in degraded["message"] and "spec.cache.accessModes [ReadWriteMany]" in degraded["message"]
+
+
+def test_existing_claim_wait_names_the_claim(gemma_body: dict[str, Any]) -> None:
+    gd = GemmaDeployment.from_body(gemma_body | {"spec": gemma_body["spec"] | {
+        "model": {"id": "LLM-Research/gemma-3-4b-it", "source": "pvc"}, "cache": {"existingClaim": "weights"}}})
+    obs = status.Observed(deployment=deployment(0, 1), server_pods=[volume_waiting_pod()], now=LATER)
+    degraded = cond(status.compute_status(gd, obs, {}, LATER), "Degraded")
+    assert degraded["reason"] == "CacheVolumeUnavailable"
+    assert "claim weights" in degraded["message"] and "ReadWriteMany" in degraded["message"]

@@ -1,4 +1,5 @@
-"""The operator's watch cache (gemma_operator.store): newest version wins, children found by instance label."""
+"""The operator's watch cache (gemma_operator.store): the watch's order wins (resourceVersions are never
+ordered), our own write is held until the watch catches up, a list replaces the cache, children by label."""
 
 from __future__ import annotations
 
@@ -30,14 +31,59 @@ def test_children_by_instance_and_component() -> None:
     assert s.children("Pod", "ns", "nobody") == [] and s.children("Job", "ns", "x") == []
 
 
-def test_older_version_is_ignored_and_updates_keep_their_place() -> None:
+def test_the_watch_order_wins_and_updates_keep_their_place() -> None:
     s = Store()
     s.upsert("Pod", pod("a", "x", "server", 5))
     s.upsert("Pod", pod("b", "x", "server", 6))
-    s.upsert("Pod", pod("a", "x", "server", 4))  # a late watch event after our own write's response
-    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "5"
+    # resourceVersions are opaque: a later event wins even when its version reads as a smaller number.
+    s.upsert("Pod", pod("a", "x", "server", 40))
     s.upsert("Pod", pod("a", "x", "server", 7))
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "7"
     assert names(s.children("Pod", "ns", "x")) == ["a", "b"]
+
+
+def test_our_write_is_held_until_the_watch_delivers_it() -> None:
+    s = Store()
+    s.upsert("Pod", pod("a", "x", "server", 5))
+    s.record_write("Pod", pod("a", "x", "server", 9))  # the API server's answer to our apply
+    s.upsert("Pod", pod("a", "x", "server", 8))  # an event from before the write, still in flight
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "9"
+    s.upsert("Pod", pod("a", "x", "server", 9))  # the watch caught up
+    s.upsert("Pod", pod("a", "x", "server", 10))  # someone else's change after ours
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "10"
+
+
+def test_a_no_op_write_holds_nothing() -> None:
+    s = Store()
+    s.upsert("Pod", pod("a", "x", "server", 5))
+    s.record_write("Pod", pod("a", "x", "server", 5))  # an apply that changed nothing makes no event
+    s.upsert("Pod", pod("a", "x", "server", 6))
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "6"
+
+
+def test_a_hold_ends_after_a_while(monkeypatch: Any) -> None:
+    import gemma_operator.store as store
+
+    s = Store()
+    s.record_write("Pod", pod("a", "x", "server", 9))
+    clock = [store.time.monotonic() + store.WRITE_HOLD_SECONDS + 1]
+    monkeypatch.setattr(store.time, "monotonic", lambda: clock[0])
+    s.upsert("Pod", pod("a", "x", "server", 12))  # the event of our write was never seen
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "12"
+
+
+def test_a_list_replaces_the_cache_of_its_scope() -> None:
+    s = Store()
+    for name, ns in (("a", "ns"), ("b", "ns"), ("c", "other")):
+        s.upsert("Pod", pod(name, "x", "server", 1, ns=ns))
+    s.record_write("Pod", pod("b", "x", "server", 9))
+    gone = s.replace("Pod", "ns", [pod("b", "x", "server", 3), pod("d", "x", "server", 3)])
+    assert names(gone) == ["a"]  # deleted while the watch was away: no ghost
+    assert names(s.children("Pod", "ns", "x")) == ["b", "d"] and names(s.children("Pod", "other", "x")) == ["c"]
+    assert s.get("Pod", "ns", "b")["metadata"]["resourceVersion"] == "3"  # the list is newer than the write
+    s.upsert("Pod", pod("b", "x", "server", 4))
+    assert s.get("Pod", "ns", "b")["metadata"]["resourceVersion"] == "4"  # and holds nothing back
+    assert sorted(names(s.replace("Pod", None, []))) == ["b", "c", "d"] and s.count("Pod") == 0
 
 
 def test_relabelled_and_removed_objects_leave_the_index() -> None:

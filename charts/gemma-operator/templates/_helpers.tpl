@@ -91,6 +91,12 @@ the RBAC table in the README.
 - apiGroups: [""]
   resources: [persistentvolumeclaims, services]
   verbs: [get, list, watch, create, patch]
+# The API-key guard the vLLM servers load (one ConfigMap per GemmaDeployment with apiKeySecretRef, code
+# only, never a key): as above; it goes away with its GemmaDeployment (garbage collection). The operator
+# lists and watches only its own (label selector app.kubernetes.io/managed-by=gemma-operator).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
 # vLLM server Deployments: same as above; they go away with their GemmaDeployment (garbage collection).
 - apiGroups: [apps]
   resources: [deployments]
@@ -107,8 +113,9 @@ the RBAC table in the README.
 - apiGroups: [""]
   resources: [pods/log]
   verbs: [get]
-# Events on GemmaDeployments for the important transitions (kubectl describe gemma).
+# Events on GemmaDeployments for the important transitions (kubectl describe gemma); patch raises the
+# count of an Event that repeats instead of writing a new one (as client-go's recorder does).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end }}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -15,10 +16,12 @@ from gemma_operator.download.errors import EXIT_OK, DownloadError, UsageError, c
 from gemma_operator.download.progress import EventWriter
 from gemma_operator.download.request import Request
 from gemma_operator.download.retry import RetryPolicy
+from gemma_operator.download.stall import DEFAULT_STALL_TIMEOUT_SECONDS
 from gemma_operator.paths import CACHE_ROOT
 
 DEFAULT_REVISION = {"modelscope": "master", "huggingface": "main"}
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+STALL_TIMEOUT_ENV = "GEMMA_DOWNLOAD_STALL_TIMEOUT_SECONDS"
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 log = logging.getLogger("gemma_operator.download")
 
@@ -46,10 +49,22 @@ def _parser() -> argparse.ArgumentParser:
                    default=os.environ.get("GEMMA_DOWNLOAD_BACKOFF_SECONDS", "2"),
                    help="first retry delay, doubled per retry up to 60 s "
                    "(default: $GEMMA_DOWNLOAD_BACKOFF_SECONDS or 2)")
+    p.add_argument("--stall-timeout-seconds", type=float,
+                   default=os.environ.get(STALL_TIMEOUT_ENV, f"{DEFAULT_STALL_TIMEOUT_SECONDS:g}"),
+                   help="fail an attempt (transient, retried) when no byte reached the volume for this long "
+                   f"(default: ${STALL_TIMEOUT_ENV} or {DEFAULT_STALL_TIMEOUT_SECONDS:g})")
     return p
 
 
-def parse(argv: Sequence[str]) -> tuple[Request, RetryPolicy, str]:
+@dataclasses.dataclass(frozen=True)
+class Options:
+    request: Request
+    policy: RetryPolicy
+    termination_log: str
+    stall_timeout: float
+
+
+def parse(argv: Sequence[str]) -> Options:
     args = _parser().parse_args(argv)
     if not _MODEL_ID.match(args.model_id):
         raise UsageError(f"--model-id {args.model_id!r} is not OWNER/NAME")
@@ -60,6 +75,8 @@ def parse(argv: Sequence[str]) -> tuple[Request, RetryPolicy, str]:
         raise UsageError(f"--endpoint {args.endpoint!r} is not an http(s) URL")
     if args.attempts < 1 or args.backoff_seconds < 0:
         raise UsageError("--attempts must be >= 1 and --backoff-seconds >= 0")
+    if not args.stall_timeout_seconds > 0:
+        raise UsageError("--stall-timeout-seconds must be > 0")
     request = Request(
         source=args.source,
         model_id=args.model_id,
@@ -68,7 +85,8 @@ def parse(argv: Sequence[str]) -> tuple[Request, RetryPolicy, str]:
         endpoint=args.endpoint.rstrip("/") if args.endpoint else None,
         token=env.token(),
     )
-    return request, RetryPolicy(attempts=args.attempts, initial_delay=args.backoff_seconds), args.termination_log
+    policy = RetryPolicy(attempts=args.attempts, initial_delay=args.backoff_seconds)
+    return Options(request, policy, args.termination_log, args.stall_timeout_seconds)
 
 
 def _claim_stdout() -> IO[str]:
@@ -109,12 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     termination_log = _termination_log_arg(argv)
     cache_root = CACHE_ROOT
     try:
-        request, policy, termination_log = parse(argv)
-        cache_root = request.cache_root
-        env.prepare(request.cache_root)
+        options = parse(argv)
+        termination_log, cache_root = options.termination_log, options.request.cache_root
+        env.prepare(cache_root)
         from gemma_operator.download.runner import run
 
-        run(request, writer, policy)
+        run(options.request, writer, options.policy, options.stall_timeout)
     except DownloadError as error:
         return _fail(error, writer, termination_log)
     except OSError as err:

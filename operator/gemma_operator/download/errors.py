@@ -23,6 +23,8 @@ class Reason(str, enum.Enum):
     EMPTY_REPOSITORY = "EmptyRepository"
     INTEGRITY = "IntegrityError"
     HUB_UNAVAILABLE = "HubUnavailable"
+    # No byte reached the volume for the stall timeout: transient, the next attempt resumes.
+    DOWNLOAD_STALLED = "DownloadStalled"
     CACHE_NOT_WRITABLE = "CacheNotWritable"
     CACHE_FULL = "CacheFull"
 
@@ -81,6 +83,7 @@ def describe(reason: Reason, *, source: str, model_id: str, revision: str, detai
         Reason.EMPTY_REPOSITORY: f"{source} listed no files for model {model_id} (revision {revision})",
         Reason.INTEGRITY: f"model {model_id} from {source} (revision {revision}) failed verification",
         Reason.HUB_UNAVAILABLE: f"{source} hub unavailable for model {model_id} (revision {revision})",
+        Reason.DOWNLOAD_STALLED: f"download of model {model_id} from {source} (revision {revision}) stalled",
     }
     text = texts[reason]
     return DownloadError(reason, f"{text}: {detail}" if detail else text)

@@ -1,14 +1,15 @@
 """Byte-level resume for Hugging Face downloads, which huggingface_hub does not do across processes.
 
-huggingface_hub (>= 1.x) streams each file into a process-unique "<hash>.<etag>.<id>.incomplete" under
+huggingface_hub (>= 1.18) streams each file into a process-unique "<hash>.<etag>.<id>.incomplete" under
 <local_dir>/.cache/huggingface/download and deletes it on failure. After a SIGKILL (a preempted pod) the
 partial file stays behind but no later run ever reuses it, so every kill would cost the whole file again.
 Before the client runs, this module finishes such partial files with the client's own `http_get` (a Range
 request from the partial size), checks them against the hub's sha256 and moves them into place with the
 client's download metadata, so the client then sees them as done.
 
-The cache volume is ReadWriteOnce and one Job downloads a revision, so a leftover partial file belongs to a
-dead process, not to a concurrent one.
+The downloader holds the revision's lock (lock.py) around this, so a leftover partial file belongs to a
+dead process, not to a concurrent one. tests/download/test_client_contract.py checks the naming against the
+installed client.
 """
 
 from __future__ import annotations

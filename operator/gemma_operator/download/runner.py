@@ -7,10 +7,13 @@ import os
 
 from gemma_operator.download import verify as v
 from gemma_operator.download.errors import DownloadError, Reason, describe
+from gemma_operator.download.fetcher import fetch_watched
 from gemma_operator.download.listing import Listing
+from gemma_operator.download.lock import revision_lock
 from gemma_operator.download.progress import EventWriter, ProgressReporter
 from gemma_operator.download.request import Request, Source
 from gemma_operator.download.retry import RetryPolicy, with_retries
+from gemma_operator.download.stall import DEFAULT_STALL_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +29,14 @@ def make_source(request: Request) -> Source:
     return HuggingFaceSource(request)
 
 
-def already_complete(request: Request, writer: EventWriter) -> bool:
+def already_complete(request: Request, writer: EventWriter, locked: bool = True) -> bool:
+    """True (and the `done` event) when the manifest vouches for the directory. Only the holder of the
+    revision lock removes a manifest that does not: another downloader may be about to write it."""
     manifest = v.read_manifest(request.manifest_path)
     if manifest is None or not v.manifest_is_complete(
             manifest, request.model_dir, request.source, request.model_id, request.revision):
         # A manifest must only ever vouch for a complete directory; an unreadable or outdated one goes.
-        if os.path.lexists(request.manifest_path):
+        if locked and os.path.lexists(request.manifest_path):
             os.remove(request.manifest_path)
         return False
     total = int(manifest.get("totalBytes", 0))
@@ -41,10 +46,20 @@ def already_complete(request: Request, writer: EventWriter) -> bool:
     return True
 
 
-def run(request: Request, writer: EventWriter, policy: RetryPolicy) -> None:
+def run(request: Request, writer: EventWriter, policy: RetryPolicy,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT_SECONDS) -> None:
     """Download `request` or raise a classified DownloadError."""
-    if already_complete(request, writer):
+    # A complete revision needs neither the lock nor a writable volume.
+    if already_complete(request, writer, locked=False):
         return
+    with revision_lock(request, writer):
+        # Whoever held the lock before may have completed the revision meanwhile.
+        if already_complete(request, writer):
+            return
+        _download(request, writer, policy, stall_timeout)
+
+
+def _download(request: Request, writer: EventWriter, policy: RetryPolicy, stall_timeout: float) -> None:
     os.makedirs(request.model_dir, exist_ok=True)
     source = make_source(request)
     listing = with_retries(source.list_files, source.classify, policy)
@@ -53,7 +68,7 @@ def run(request: Request, writer: EventWriter, policy: RetryPolicy) -> None:
              listing.total_bytes, request.model_id, source.name, request.model_dir)
     v.remove_wrong_sized(request.model_dir, listing)
     with ProgressReporter(writer, request.model_dir, listing):
-        files = _fetch_verified(request, source, listing, policy)
+        files = _fetch_verified(request, source, listing, policy, stall_timeout)
     v.write_manifest(request.manifest_path, v.build_manifest(
         request.source, request.model_id, request.revision, listing, files))
     total = listing.total_bytes
@@ -68,13 +83,13 @@ def _check_shape(request: Request, listing: Listing) -> None:
         raise _integrity(request, failure) from failure
 
 
-def _fetch_verified(request: Request, source: Source, listing: Listing,
-                    policy: RetryPolicy) -> list[dict[str, object]]:
+def _fetch_verified(request: Request, source: Source, listing: Listing, policy: RetryPolicy,
+                    stall_timeout: float) -> list[dict[str, object]]:
     """Fetch and verify. A file that fails verification is deleted and fetched once more: a file damaged
     on disk before this run looks current to a client that only checks its size. A hub that keeps
     serving bytes that contradict its own listing is an integrity failure."""
     for chance in (1, 2):
-        with_retries(lambda: source.fetch(listing), source.classify, policy)
+        with_retries(lambda: fetch_watched(request, source, listing, stall_timeout), source.classify, policy)
         try:
             return v.verify(request.model_dir, listing)
         except v.VerificationFailed as failure:
