@@ -290,6 +290,8 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
     parts = [HEADER]
     if not by_n:
         parts.append("\nNo results yet: run `.venv/bin/python -m bench.scale --n 50`.\n")
+        if UNRELATED.exists():
+            parts.append(UNRELATED.read_text())
         return "\n".join(parts)
     parts.append("## Results\n")
     runs = ", ".join(
@@ -311,12 +313,15 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
     ba = before_after(before, by_n, newest(results, "proto-reconciler")) if label != "before" else ""
     if ba:
         parts.append("\n" + ba)
+    if UNRELATED.exists():  # written by bench.unrelated (issue 12), from its own run
+        parts.append("\n" + UNRELATED.read_text())
     if findings:
         parts.append("\n" + findings)
     return "\n".join(parts) + "\n"
 
 
 FINDINGS = REPO / "bench" / "findings.md"
+UNRELATED = REPO / "bench" / "unrelated.md"
 
 
 def main(argv: list[str] | None = None) -> None:

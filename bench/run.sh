@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (Issue 12, unrelated objects: .venv/bin/python -m bench.unrelated, see its docstring.)
 # The scale benchmark of docs/benchmarks.md: bench/run.sh [N ...] (default: 50), extra options after --.
 #   bench/run.sh              # N=50
 #   bench/run.sh 200 500      # N=200, then N=500

@@ -81,6 +81,14 @@ def test_missing_api_key_secret_is_named_then_the_key_is_required(release: Relea
     assert _v1_models(ip, None) == 401
     assert _v1_models(ip, "sk-wrong") == 401
     assert _v1_models(ip, API_KEY) == 200
+    # vLLM's own check guards only /v1 and a few prefixes; the guard the operator mounts from a ConfigMap
+    # guards every route: a completion through /invocations needs the key too.
+    models = requests.get(f"http://{ip}:8000/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10)
+    invocation = {"model": models.json()["data"][0]["id"], "prompt": "Hello", "max_tokens": 1}
+    assert requests.post(f"http://{ip}:8000/invocations", json=invocation, timeout=60).status_code == 401
+    answer = requests.post(f"http://{ip}:8000/invocations", json=invocation, timeout=120,
+                           headers={"Authorization": f"Bearer {API_KEY}"})
+    assert answer.status_code == 200 and answer.json()["choices"], answer.text
 
 
 def test_killed_server_process_restarts_and_returns_to_ready(release: Release, faults_ns: str) -> None:
