@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -34,6 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
+    # SIGTERM (the kubelet stopping the pod) cancels the run, so that _serve's cleanup stops the workers
+    # and hands the Lease over at once; without a handler the process would die holding it.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     settings = Settings(**({"workers": args.workers} if args.workers else {}))
     client = kube.KubeClient(kube.login(), relogin=kube.login)
     try:
@@ -52,15 +59,15 @@ async def _serve(args: argparse.Namespace, settings: Settings, client: kube.Kube
         await elector.acquire()
         tasks.append(asyncio.create_task(elector.keep(), name="leader-lease"))
     runtime = Runtime(client, settings)
-    tasks += runtime.start_reflectors(client, args.namespace)
-    synced = asyncio.create_task(runtime.caches_synced())
-    await asyncio.wait([synced, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    if synced.done():
-        log.info("caches synced; starting %d workers", settings.workers)
-        tasks += runtime.start_workers()
-    else:
-        synced.cancel()
+    tasks += runtime.start_reflectors(args.namespace)
     try:
+        synced = asyncio.create_task(runtime.caches_synced())
+        await asyncio.wait([synced, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if synced.done():
+            log.info("caches synced; starting %d workers", settings.workers)
+            tasks += runtime.start_workers()
+        else:
+            synced.cancel()
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # re-raise LeadershipLost or a crash so the process exits non-zero
@@ -80,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("kopf").setLevel(logging.WARNING)
     try:
         asyncio.run(run(args))
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log.info("operator stopped by a signal")
     except Exception as err:  # noqa: BLE001
         log.error("operator stopped: %s", err)
         sys.exit(1)

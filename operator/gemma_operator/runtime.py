@@ -25,6 +25,7 @@ MAX_BACKOFF_SECONDS = 60.0
 
 class Runtime:
     def __init__(self, client: KubeClient, settings: Settings) -> None:
+        self.client = client
         self.store = Store()
         self.queue = WorkQueue()
         self.reconciler = Reconciler(client, self.store, settings)
@@ -92,10 +93,10 @@ class Runtime:
     def start_workers(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.worker(), name=f"worker-{i}") for i in range(self.settings.workers)]
 
-    def start_reflectors(self, client: KubeClient, namespaces: list[str]) -> list[asyncio.Task[None]]:
+    def start_reflectors(self, namespaces: list[str]) -> list[asyncio.Task[None]]:
         """One list-then-watch per watched kind and namespace (one cluster-wide watch without namespaces)."""
         scopes: list[str | None] = list(namespaces) or [None]
-        self._reflectors = [Reflector(client, kind, ns, self.on_event, self.on_list)
+        self._reflectors = [Reflector(self.client, kind, ns, self.on_event, self.on_list)
                             for kind in watched_kinds() for ns in scopes]
         return [asyncio.create_task(r.run(), name=f"reflector-{r.kind.plural}-{r.namespace or 'all'}")
                 for r in self._reflectors]
