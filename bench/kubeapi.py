@@ -15,7 +15,6 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 import kopf
-
 from gemma_operator import kube as operator_kube
 
 Manifest = dict[str, Any]

@@ -225,13 +225,7 @@ class Scenario:
                "--concurrency", str(self.args.concurrency)]
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
-        env = kube.tool_env(self.cluster.kubeconfig)
-        proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-        return result
+        return await run_driver(self.cluster, cmd)
 
     # -- the run
 
@@ -388,6 +382,17 @@ class Scenario:
         } | self.costs(s0, s1)
         log.info("[%s n=%d] all rolled in %ss", self.mode, self.n, result["all_rolled_seconds"])
         return result
+
+
+async def run_driver(cluster: kube.Cluster, cmd: list[str]) -> dict[str, Any]:
+    """Run bench.driver (a process of its own, so its CPU is not the operator's); its last line is JSON."""
+    proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=kube.tool_env(cluster.kubeconfig),
+                                                stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 def phase_changes(rec: Recorder, name: str) -> int:

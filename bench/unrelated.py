@@ -50,6 +50,7 @@ from bench.scale import (
     bench_node,
     git_revision,
     other_operators,
+    run_driver,
 )
 from tests.support import kube
 from tests.support.operator import OperatorProcess
@@ -272,13 +273,7 @@ class Run:
     async def drive(self, ns: str) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "bench.driver", "create", "--namespace", ns, "--n", str(self.args.n),
                "--concurrency", "32", "--max-model-len", "2048"]
-        proc = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, env=kube.tool_env(self.cluster.kubeconfig),
-                                                    stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
-        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-        return result
+        return await run_driver(self.cluster, cmd)
 
     async def run(self) -> dict[str, Any]:
         ns = await asyncio.to_thread(self.setup.namespace, f"unrel-{self.label}")

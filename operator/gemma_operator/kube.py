@@ -134,9 +134,8 @@ class KubeClient:
         while True:
             page: Manifest = await self._request("list", "GET", resource_path(kind, namespace), RESOURCES[kind][1],
                                                  params=params)
-            api_version, list_kind = page.get("apiVersion", ""), kind
             # Items of a list carry no kind or apiVersion; the cache keeps whole objects, as a watch gives them.
-            items += [{"apiVersion": api_version, "kind": list_kind} | item for item in page.get("items") or []]
+            items += [{"apiVersion": page.get("apiVersion", ""), "kind": kind} | item for item in page.get("items") or []]
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 return items, str((page.get("metadata") or {}).get("resourceVersion") or "")
