@@ -6,6 +6,9 @@
     python -m bench.driver patch       --namespace NS --n N --max-model-len L   # the fan-out input
     python -m bench.driver floor-patch --namespace NS --n N --max-model-len L   # patch + apply Deployments
 
+--namespace may be repeated: GemmaDeployment i goes to the (i mod K)-th of the K namespaces (names stay
+unique across them).
+
 The floor is the least any controller has to do for the same result: one server-side apply per child, sent
 as soon as the GemmaDeployment exists (its uid is needed for the owner reference), with no watch, no cache,
 no status. Prints one JSON line: start and end (wall clock), requests sent, CPU seconds of this process.
@@ -65,14 +68,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = Settings()
     async with Client(USER_AGENT, limit=args.concurrency) as client:
 
+        def ns(i: int) -> str:
+            return str(args.namespace[i % len(args.namespace)])
+
         async def create(i: int) -> None:
-            body = await client.apply(gemma_deployment(args.namespace, i, args.max_model_len))
+            body = await client.apply(gemma_deployment(ns(i), i, args.max_model_len))
             if args.mode == "floor":
                 for child in children(body, settings):
                     await client.apply(child)
 
         async def patch(i: int) -> None:
-            body = await client.merge_patch(KIND, args.namespace, gd_name(i), {"spec": {"maxModelLen": args.max_model_len}})
+            body = await client.merge_patch(KIND, ns(i), gd_name(i), {"spec": {"maxModelLen": args.max_model_len}})
             if args.mode == "floor-patch":
                 for child in children(body, settings, deployment_only=True):
                     await client.apply(child)
@@ -91,7 +97,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(prog="bench.driver")
     p.add_argument("mode", choices=["create", "floor", "patch", "floor-patch"])
-    p.add_argument("--namespace", required=True)
+    p.add_argument("--namespace", required=True, action="append", help="repeatable: GDs go round-robin")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--concurrency", type=int, default=32)

@@ -49,20 +49,25 @@ def fact_of(kind: str, obj: Manifest) -> tuple[Any, ...]:
 
 
 class Recorder:
-    """Watches GemmaDeployments, Deployments and Services of one namespace and keeps, per object, the times
-    (time.time() at receipt) at which its fact changed. One process, one clock, for operator and floor."""
+    """Watches GemmaDeployments, Deployments and Services of one namespace, or of several (then one watch of
+    all namespaces, kept to those), and keeps, per object, the times (time.time() at receipt) at which its
+    fact changed. One process, one clock, for operator and floor. Names are unique across the namespaces."""
 
     KINDS = ("GemmaDeployment", "Deployment", "Service")
 
-    def __init__(self, client: Client, namespace: str) -> None:
+    def __init__(self, client: Client, namespace: str | list[str]) -> None:
         self.client = client
-        self.namespace = namespace
+        many = isinstance(namespace, list) and len(namespace) > 1
+        self.namespace: str | None = None if many else (namespace[0] if isinstance(namespace, list) else namespace)
+        self.namespaces = set(namespace) if isinstance(namespace, list) else {namespace}
         self.timeline: dict[str, dict[str, list[tuple[float, tuple[Any, ...]]]]] = {k: {} for k in self.KINDS}
         self.latest: dict[str, dict[str, tuple[Any, ...]]] = {k: {} for k in self.KINDS}
         self._tasks: list[asyncio.Task[None]] = []
         self.events = 0
 
     def _record(self, kind: str, obj: Manifest, t: float) -> None:
+        if obj["metadata"].get("namespace") not in self.namespaces:
+            return
         name = obj["metadata"]["name"]
         fact = fact_of(kind, obj)
         if self.latest[kind].get(name) != fact:
@@ -208,15 +213,16 @@ def actor_of(user_agent: str) -> str:
 
 
 def audit_writes(path: Path | None, start: int, end: int, namespace: str) -> dict[str, Counter[str]]:
-    """Write requests in `namespace` between two offsets of the audit log, by actor and by
-    "verb resource[/subresource]"."""
+    """Write requests in `namespace` (or in every namespace whose name starts with it, when it ends with "-")
+    between two offsets of the audit log, by actor and by "verb resource[/subresource]"."""
     found: dict[str, Counter[str]] = {"operator": Counter(), "driver": Counter(), "controllers": Counter()}
     if path is None or end == start:
         return found
     if end < start:  # the log was truncated or replaced meanwhile: what is left of the window is from 0
         found["controllers"]["(audit log was reset during this phase: counts incomplete)"] = 1
         start = 0
-    needle = f'"namespace":"{namespace}"'
+    prefix = namespace.endswith("-")
+    needle = f'"namespace":"{namespace}' + ("" if prefix else '"')
     with open(path, "rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -229,7 +235,8 @@ def audit_writes(path: Path | None, start: int, end: int, namespace: str) -> dic
         except ValueError:
             continue
         ref = event.get("objectRef") or {}
-        if ref.get("namespace") != namespace:
+        ns = ref.get("namespace") or ""
+        if not (ns.startswith(namespace) if prefix else ns == namespace):
             continue
         resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         found[actor_of(event.get("userAgent") or "")][f"{event.get('verb')} {resource}"] += 1

@@ -20,6 +20,8 @@ RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 PLOT = RESULTS / "ready-over-time.png"
 DOC_PLOT = REPO / "docs" / "benchmarks-ready-over-time.png"
+SCALE_PLOT = RESULTS / "scale.png"
+DOC_SCALE_PLOT = REPO / "docs" / "benchmarks-scale.png"
 Result = dict[str, Any]
 
 HEADER = """# Benchmarks
@@ -204,6 +206,102 @@ def main_tables(by_n: dict[int, Result]) -> str:
     return "\n".join(out)
 
 
+def scale_tables(by_n: dict[int, Result]) -> str:
+    """Issue 16's targets, each next to the floor of the same run, and what a user sizes the operator by."""
+    rows, sizing = [], []
+    for n, r in sorted(by_n.items()):
+        op, fl = r["operator"], r.get("floor") or {}
+        c, fc = op["create"], fl.get("create") or {}
+        proc, start = op.get("process") or {}, op.get("operator_start") or {}
+        cpu = c.get("operator_cpu_seconds")
+        relist = op.get("relist") or {}
+        fo, ffo = op.get("fanout") or {}, fl.get("fanout") or {}
+        rows.append([
+            str(n), str(r.get("namespaces", 1)), fmt((r.get("unrelated") or {}).get("pods", 0)),
+            fmt(c.get("all_ready_seconds")), fmt(fc.get("all_ready_seconds")),
+            ratio(c.get("all_ready_seconds"), fc.get("all_ready_seconds")),
+            fmt((c.get("status_lag_seconds") or {}).get("p99"), 2),
+            fmt(writes_of(op.get("idle"), "operator")),
+            fmt(relist.get("operator_writes")) if relist else "-",
+            fmt(fo.get("all_rolled_seconds")), fmt(ffo.get("all_rolled_seconds")),
+            ratio(fo.get("all_rolled_seconds"), ffo.get("all_rolled_seconds")),
+            fmt(proc.get("peak_rss_mb"), 0), fmt(cpu / n if cpu else None, 4),
+        ])
+        peak, base = proc.get("peak_rss_mb"), start.get("rss_mb")
+        sizing.append([
+            str(n), fmt(base, 0), fmt(peak, 0), fmt(1024 * (peak - base) / n if peak and base else None, 0),
+            fmt(cpu), fmt(1000 * cpu / n if cpu else None, 1),
+            fmt(1000 * c["all_ready_seconds"] / n if c.get("all_ready_seconds") else None, 1),
+            fmt(1000 * fc["all_ready_seconds"] / n if fc.get("all_ready_seconds") else None, 1),
+            fmt((fo.get("operator_cpu_seconds") or 0) / n * 1000, 1),
+        ])
+    out = ["### At cluster scale (issue 16): the targets, each next to the floor of the same run\n",
+           table(["N", "namespaces", "others' running pods", "operator: all Ready (s)", "floor: all Ready (s)",
+                  "ratio (target <= 1.15x)", "status lag p99 (s) (target <= 1)", "idle writes in 60 s (target 0)",
+                  "writes after a re-list (target 0)", "fan-out: operator all rolled (s)", "fan-out: floor (s)",
+                  "fan-out ratio (target <= 1.15x)", "operator peak RSS (MB) (target <= 150 at N=1000)",
+                  "operator CPU s / GD created"], rows),
+           "\nStatus lag: per GemmaDeployment, from the moment its last child was ready (its Deployment rolled out "
+           "and its Service there, as the benchmark's watch saw them) to the watch seeing `status.phase: Ready`. "
+           "The re-list: the kube-apiserver is restarted after the idle window, so it comes back with a fresh "
+           "watch cache and every watch of the operator expires (410); the operator lists every kind again, "
+           "replaces its caches and reconciles every GemmaDeployment; the writes count from the stop until "
+           "20 s after the last re-list.\n",
+           "### Sizing the operator: memory and time per GemmaDeployment\n",
+           table(["N", "RSS at start (MB)", "peak RSS (MB)", "RSS per GD (KB)", "CPU, create (s)",
+                  "CPU per GD (ms)", "operator: ms per GD to all Ready", "floor: ms per GD to all Ready",
+                  "fan-out CPU per GD (ms)"], sizing),
+           "\nRSS per GD is (peak - at start) / N: what the caches, the queue and the status of one more "
+           "GemmaDeployment (with its Deployment, Service, and pod) cost. The chart's default resources follow "
+           "from it (charts/gemma-operator/values.yaml).\n"]
+    return "\n".join(out)
+
+
+def scale_plot(by_n: dict[int, Result]) -> Path | None:
+    """Ratio to the floor and peak RSS against N."""
+    ns = [n for n in sorted(by_n) if (by_n[n].get("floor") or {}).get("create")]
+    if not ns:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    create = [by_n[n]["operator"]["create"]["all_ready_seconds"] / by_n[n]["floor"]["create"]["all_ready_seconds"]
+              for n in ns]
+    fanout = [((by_n[n]["operator"].get("fanout") or {}).get("all_rolled_seconds") or 0)
+              / (((by_n[n]["floor"].get("fanout") or {}).get("all_rolled_seconds")) or 1) for n in ns]
+    ax1.plot(ns, create, "o-", label="all Ready: operator / floor")
+    ax1.plot(ns, fanout, "s--", label="fan-out all rolled: operator / floor")
+    ax1.axhline(1.15, color="red", linestyle=":", label="target 1.15x")
+    ax1.axhline(1.0, color="grey", linewidth=0.8)
+    ax1.set_xscale("log")
+    ax1.set_xticks(ns, [str(n) for n in ns])
+    ax1.set_xlabel("GemmaDeployments (N)")
+    ax1.set_ylabel("ratio to the floor")
+    ax1.grid(alpha=0.3)
+    ax1.legend(loc="upper left", fontsize=8)
+    rss = [(by_n[n]["operator"].get("process") or {}).get("peak_rss_mb") or 0 for n in ns]
+    ax2.plot(ns, rss, "o-", color="C2", label="operator peak RSS")
+    ax2.axhline(150, color="red", linestyle=":", label="target 150 MB at N=1000")
+    ax2.set_xscale("log")
+    ax2.set_xticks(ns, [str(n) for n in ns])
+    ax2.set_xlabel("GemmaDeployments (N)")
+    ax2.set_ylabel("MB")
+    ax2.set_ylim(bottom=0)
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="upper left", fontsize=8)
+    unrelated = (by_n[ns[-1]].get("unrelated") or {}).get("pods", 0)
+    fig.suptitle(f"The operator against the floor as N grows ({unrelated:,} others' pods in the cluster)")
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(SCALE_PLOT, dpi=100)
+    plt.close(fig)
+    shutil.copyfile(SCALE_PLOT, DOC_SCALE_PLOT)
+    return SCALE_PLOT
+
+
 def before_after(before: dict[int, Result], after: dict[int, Result], proto: dict[int, Result] | None = None) -> str:
     rows = []
     proto = proto or {}
@@ -309,6 +407,9 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
                      "those figures are not comparable.\n")
     if plot(by_n, before):
         parts.append(f"![GemmaDeployments Ready over time]({DOC_PLOT.name})\n")
+    if scale_plot(by_n):
+        parts.append(f"![Ratio to the floor and memory against N]({DOC_SCALE_PLOT.name})\n")
+    parts.append(scale_tables(by_n))
     parts.append(main_tables(by_n))
     ba = before_after(before, by_n, newest(results, "proto-reconciler")) if label != "before" else ""
     if ba:

@@ -34,16 +34,18 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import measure, report
+from bench import access, measure, report
 from bench.driver import CLAIM, RESOURCE_NAME, TAINT_KEY, gd_name
-from bench.kubeapi import Client
+from bench.kubeapi import ApiError, Client, gather_bounded, path_of
 from bench.measure import Recorder, log
 from tests.support import kube
 from tests.support.operator import OperatorProcess
@@ -52,15 +54,19 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CRD = REPO / "crds" / "gemmadeployments.yaml"
 BENCH_LABEL = "gemma.ai/bench"
+INFRA_LABEL = "gemma.ai/bench-infra"  # namespaces that outlive one scenario: the operator's SA, others' pods
 BENCH_NODES = ("bench-node-1", "bench-node-2")
+UNRELATED_NODE = "bench-unrelated-node"
+UNRELATED_PREFIX = "gbench-others-"
+SA_NAMESPACE = "gbench-scale-operator"
 FIRST_LEN, SECOND_LEN = 2048, 4096
 SERVICE_CIDR = {"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
                 "metadata": {"name": "gemma-bench", "labels": {BENCH_LABEL: "true"}},
                 "spec": {"cidrs": ["10.0.16.0/20"]}}
 
 
-def bench_node(name: str) -> dict[str, Any]:
-    capacity = {"cpu": "1000", "memory": "10000Gi", "pods": "1000", RESOURCE_NAME: "1000"}
+def bench_node(name: str, pods: int = 1000) -> dict[str, Any]:
+    capacity = {"cpu": "1000", "memory": "10000Gi", "pods": str(pods), RESOURCE_NAME: "1000"}
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -73,6 +79,16 @@ def bench_node(name: str) -> dict[str, Any]:
         "spec": {"taints": [{"key": TAINT_KEY, "value": "true", "effect": "NoSchedule"}]},
         "status": {"capacity": capacity, "allocatable": capacity},
     }
+
+
+def unrelated_pod(namespace: str, i: int) -> dict[str, Any]:
+    """Someone else's running pod: bound to a KWOK node of its own (no scheduler work), which KWOK marks
+    Running and Ready once; not labelled as the operator's, so its selectors never match it."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"others-{i:05d}", "namespace": namespace, "labels": {"app": "others"}},
+            "spec": {"nodeName": UNRELATED_NODE, "automountServiceAccountToken": False,
+                     "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}],
+                     "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}]}}
 
 
 def claim(namespace: str) -> dict[str, Any]:
@@ -97,6 +113,20 @@ def git_revision() -> dict[str, Any]:
 class Setup:
     def __init__(self, cluster: kube.Cluster) -> None:
         self.cluster = cluster
+        self.operator_kubeconfig: str | None = None
+        self.unrelated: dict[str, Any] = {}
+
+    def prepare_scale(self, unrelated_pods: int, directory: Path) -> None:
+        """What bench.scale adds to prepare(): the operator's restricted ServiceAccount (it watches all
+        namespaces, so that others' pods are in its way) and unrelated_pods running pods of others."""
+        c = self.cluster
+        self.prepare()
+        c.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NAMESPACE, "labels": {INFRA_LABEL: "true"}}})
+        c.apply(access.rbac_objects(SA_NAMESPACE))
+        self.operator_kubeconfig = access.operator_kubeconfig(c, SA_NAMESPACE, directory)
+        if unrelated_pods:
+            c.apply(bench_node(UNRELATED_NODE, pods=unrelated_pods + 1000))
+            self.unrelated = asyncio.run(create_unrelated_pods(c, unrelated_pods))
 
     def prepare(self) -> None:
         c = self.cluster
@@ -128,6 +158,28 @@ class Setup:
                       timeout=120, message=f"PVC {CLAIM} Bound in {name}")
         return name
 
+    def namespaces(self, hint: str, k: int) -> list[str]:
+        """k fresh namespaces with a common prefix (ending in "-", for the audit log), each with the shared
+        claim and the operator's write RoleBinding, created together and waited for together."""
+        prefix = kube.unique_name(f"gb-{hint}", max_len=30) + "-"
+        names = [f"{prefix}{j:03d}" for j in range(k)]
+        c = self.cluster
+        c.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {BENCH_LABEL: "true"}}}
+                 for n in names])
+        c.apply([claim(n) for n in names] + [access.write_binding(n, SA_NAMESPACE) for n in names])
+
+        def ready() -> bool:
+            sas = c.kubectl("get", "serviceaccounts", "-A", "--field-selector=metadata.name=default",
+                            "-o", "jsonpath={.items[*].metadata.namespace}", check=False).stdout.split()
+            pvcs = c.kubectl("get", "pvc", "-A", "--field-selector=metadata.name=" + CLAIM, "-o",
+                             "jsonpath={range .items[*]}{.metadata.namespace}={.status.phase}{\"\\n\"}{end}",
+                             check=False).stdout.split()
+            bound = {line.split("=")[0] for line in pvcs if line.endswith("=Bound")}
+            return set(names) <= set(sas) and set(names) <= bound
+
+        kube.wait_for(ready, timeout=300, interval=1, message=f"{k} namespaces with a Bound {CLAIM}")
+        return names
+
     def bench_namespaces(self) -> list[str]:
         out = self.cluster.kubectl("get", "namespaces", "-l", f"{BENCH_LABEL}=true", "-o", "name", check=False).stdout
         return [line.split("/", 1)[1] for line in out.split()]
@@ -141,13 +193,63 @@ class Setup:
         kube.wait_for(lambda: not self.bench_namespaces(), timeout=timeout, interval=2,
                       message="benchmark namespaces gone")
 
-    def teardown(self) -> None:
+    def teardown(self, keep_unrelated: bool = False) -> None:
+        c = self.cluster
         try:
             self.delete_namespaces(timeout=900)
+            c.kubectl("delete", "clusterrolebinding", access.READ_ROLE, "--ignore-not-found", check=False)
+            c.kubectl("delete", "clusterrole", access.READ_ROLE, access.WRITE_ROLE, "--ignore-not-found", check=False)
+            c.kubectl("delete", "namespace", SA_NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
+            if not keep_unrelated:
+                c.kubectl("delete", "namespace", "-l", f"{INFRA_LABEL}=others", "--wait=false", check=False)
+                kube.wait_for(lambda: not c.kubectl("get", "namespaces", "-l", f"{INFRA_LABEL}=others", "-o", "name",
+                                                    check=False).stdout.strip(), timeout=900, interval=5,
+                              message="the unrelated pods' namespaces gone")
+                c.kubectl("delete", "node", UNRELATED_NODE, "--ignore-not-found", "--wait=false", check=False)
         finally:
             self.cluster.kubectl("delete", "node", *BENCH_NODES, "--ignore-not-found", "--wait=false", check=False)
             self.cluster.kubectl("delete", "servicecidr", SERVICE_CIDR["metadata"]["name"], "--ignore-not-found",
                                  "--wait=false", check=False)
+
+
+async def create_unrelated_pods(cluster: kube.Cluster, total: int, per_namespace: int = 1000) -> dict[str, Any]:
+    """total running pods of others, per_namespace in each namespace gbench-others-NNN; those already there
+    (an earlier run with --keep-unrelated) are kept. Waits until KWOK has marked them all Running."""
+    k = -(-total // per_namespace)
+    names = [f"{UNRELATED_PREFIX}{j:03d}" for j in range(k)]
+    cluster.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {INFRA_LABEL: "others"}}}
+                   for n in names])
+    started = time.time()
+    async with Client("gemma-bench-unrelated", limit=32) as client:
+        async def create(obj: dict[str, Any]) -> None:
+            try:
+                await client.request("POST", path_of("Pod", obj["metadata"]["namespace"]), obj)
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+
+        pods = [unrelated_pod(names[i // per_namespace], i) for i in range(total)]
+        log.info("creating %d running pods of others in %d namespaces", total, k)
+        await gather_bounded([create(p) for p in pods], 32)
+        created = time.time()
+
+        async def running() -> int:
+            count, cont = 0, ""
+            while True:
+                params = {"limit": "5000", "fieldSelector": f"spec.nodeName={UNRELATED_NODE},status.phase=Running"}
+                listing = await client.list("Pod", None, params | ({"continue": cont} if cont else {}))
+                count += len(listing.get("items") or [])
+                cont = (listing.get("metadata") or {}).get("continue") or ""
+                if not cont:
+                    return count
+
+        deadline = time.monotonic() + 900
+        while (n_running := await running()) < total and time.monotonic() < deadline:
+            await asyncio.sleep(5)
+    log.info("  %d pods of others Running (created in %.0fs, Running after %.0fs)", n_running, created - started,
+             time.time() - started)
+    return {"pods": total, "namespaces": k, "running": n_running, "create_seconds": round(created - started, 1),
+            "running_seconds": round(time.time() - started, 1)}
 
 
 # ------------------------------------------------------------------ one scenario
@@ -165,12 +267,16 @@ class Snapshot:
 
 
 class Scenario:
-    def __init__(self, args: argparse.Namespace, cluster: kube.Cluster, n: int, mode: str, namespace: str) -> None:
+    def __init__(self, args: argparse.Namespace, cluster: kube.Cluster, n: int, mode: str, namespaces: list[str],
+                 operator_kubeconfig: str | None = None) -> None:
         self.args = args
         self.cluster = cluster
         self.n = n
         self.mode = mode  # "floor" or "operator"
-        self.ns = namespace
+        self.namespaces = namespaces
+        # The audit log is searched by the namespaces' common prefix ("gb-...-"), or the one namespace's name.
+        self.ns = namespaces[0] if len(namespaces) == 1 else os.path.commonprefix(namespaces).rsplit("-", 1)[0] + "-"
+        self.operator_kubeconfig = operator_kubeconfig or cluster.kubeconfig
         self.audit = cluster.audit_log if cluster.audit_log and cluster.audit_log.exists() else None
         self.cp_pids = measure.control_plane_pids(kube.LOCAL_CLUSTER_DIR) if cluster.local else {}
         self.operator: OperatorProcess | None = None
@@ -221,8 +327,9 @@ class Scenario:
         return result
 
     async def drive(self, mode: str, **extra: Any) -> dict[str, Any]:
-        cmd = [sys.executable, "-m", "bench.driver", mode, "--namespace", self.ns, "--n", str(self.n),
-               "--concurrency", str(self.args.concurrency)]
+        cmd = [sys.executable, "-m", "bench.driver", mode, "--n", str(self.n), "--concurrency", str(self.args.concurrency)]
+        for ns in self.namespaces:
+            cmd += ["--namespace", ns]
         for key, value in extra.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         return await run_driver(self.cluster, cmd)
@@ -233,7 +340,7 @@ class Scenario:
         operator_mode = self.mode == "operator"
         result: dict[str, Any] = {"namespace": self.ns}
         async with Client("gemma-bench-recorder", limit=8) as client:
-            rec = Recorder(client, self.ns)
+            rec = Recorder(client, self.namespaces)
             await rec.start()
             try:
                 if operator_mode:
@@ -246,8 +353,9 @@ class Scenario:
                         env["PYTHONPATH"] = os.pathsep.join(
                             [str(Path(self.args.operator_path).resolve())] + env.get("PYTHONPATH", "").split(os.pathsep)
                         ).rstrip(os.pathsep)
-                    self.operator = OperatorProcess(self.cluster.kubeconfig, log_path,
-                                                    args=["--namespace", self.ns, *extra], env=env)
+                    # All namespaces, as a cluster-scale install runs: others' objects are in its way (only
+                    # its server-side selectors keep them out). Its ServiceAccount writes only in ours.
+                    self.operator = OperatorProcess(self.operator_kubeconfig, log_path, args=extra, env=env)
                     await asyncio.to_thread(self.operator.start)
                     await asyncio.sleep(self.args.operator_warmup)  # kopf's watches connect after /healthz
                     result["operator_log"] = str(log_path.relative_to(REPO))
@@ -263,6 +371,8 @@ class Scenario:
                     await asyncio.sleep(1)  # the audit log is written at ResponseComplete
                     result["idle"] = self.costs(s0, self.snapshot())
                     result["idle"]["seconds"] = self.args.idle_seconds
+                    if self.args.relist:
+                        result["relist"] = await self._relist()
                 result["fanout"] = await self._fanout(rec, operator_mode)
                 if self.operator and self.operator.proc:
                     result["process"] = measure.memory_mb(self.operator.proc.pid) | {
@@ -293,7 +403,7 @@ class Scenario:
         await asyncio.sleep(1)
         s1 = self.snapshot()
 
-        first_child, ready, dep_ready_lat, curve, dep_curve = [], [], [], [], []
+        first_child, ready, dep_ready_lat, curve, dep_curve, lag = [], [], [], [], [], []
         for name in self.names:
             created = rec.first("GemmaDeployment", name, lambda f: True)
             if created is None:
@@ -310,6 +420,11 @@ class Scenario:
             if t_ready is not None:
                 ready.append(t_ready - created)
                 curve.append(t_ready - s0.t)
+            t_service = rec.first("Service", name, lambda f: True)
+            if operator_mode and t_ready is not None and t_dep is not None and t_service is not None:
+                # Status lag: from the last child becoming ready (the Deployment rolled out, the Service
+                # there) to the status saying Ready.
+                lag.append(max(0.0, t_ready - max(t_dep, t_service)))
         curve.sort()
         dep_curve.sort()
         # Status transitions the operator wrote: changes of phase seen per GemmaDeployment (None -> Starting
@@ -325,11 +440,48 @@ class Scenario:
             "first_child_seconds": measure.summary(first_child),
             "ready_seconds": measure.summary(ready),
             "deployment_ready_seconds": measure.summary(dep_ready_lat),
+            "status_lag_seconds": measure.summary(lag),
             "all_deployments_ready_seconds": round(dep_curve[-1], 3) if dep_curve else None,
             "ready_curve": [round(t, 3) for t in curve],
         } | self.costs(s0, s1)
         log.info("[%s n=%d] all Ready in %ss (p50 %s p99 %s per resource)", self.mode, self.n,
                  result["all_ready_seconds"], result["ready_seconds"]["p50"], result["ready_seconds"]["p99"])
+        return result
+
+    async def _relist(self) -> dict[str, Any]:
+        """Restart the kube-apiserver: it comes back with a fresh watch cache, so every watch of the operator
+        expires (410) and it lists again, replacing its caches and reconciling every GemmaDeployment. Nothing
+        changed, so it must write nothing; the writes from the stop until --relist-seconds after the last
+        re-list are counted."""
+        from tests.support.apiserver import ApiServer
+
+        assert self.operator is not None
+        before = self.operator.log().count("listing again")
+        log.info("  re-list: restarting the kube-apiserver")
+        s0 = self.snapshot()
+        server = ApiServer()
+        server.stop()
+        server.start()
+        kube.wait_for(lambda: self.cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+                      timeout=180, interval=0.5, message="kube-apiserver back")
+        back = time.time()
+        kinds = 7  # the operator's watched kinds (gemma_operator.kinds), one reflector each for all namespaces
+        deadline = time.monotonic() + 120
+        while not (relisted := self.operator.log().count("listing again") - before >= kinds):
+            if time.monotonic() > deadline:
+                log.warning("the operator did not list every kind again within 120 s")
+                break
+            await asyncio.sleep(0.5)
+        t_relisted = time.time()
+        await asyncio.sleep(self.args.relist_seconds)
+        await asyncio.sleep(1)  # the audit log is written at ResponseComplete
+        result = self.costs(s0, self.snapshot())
+        result |= {"apiserver_back_seconds": round(back - s0.t, 1), "relisted": bool(relisted),
+                   "relisted_after_back_seconds": round(t_relisted - back, 1),
+                   "relists": self.operator.log().count("listing again") - before,
+                   "window_after_relist_seconds": self.args.relist_seconds}
+        log.info("  re-list: %d kinds listed again %.1fs after the API server was back; %d writes", result["relists"],
+                 result["relisted_after_back_seconds"], result["operator_writes"])
         return result
 
     async def _fanout(self, rec: Recorder, operator_mode: bool) -> dict[str, Any]:
@@ -431,14 +583,15 @@ async def run_n(args: argparse.Namespace, cluster: kube.Cluster, setup: Setup, n
         "operator_path": args.operator_path, "operator_env": args.operator_env,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "clusterwide_operators_seen": other_operators(),
+        "namespaces": min(n, args.namespaces), "unrelated": setup.unrelated, "relist": args.relist,
     }
     if result["clusterwide_operators_seen"]:
         log.warning("operators watching all namespaces are running; they may touch the benchmark's resources: %s",
                     result["clusterwide_operators_seen"])
     for mode in (["floor"] if not args.no_floor else []) + ["operator"]:
-        ns = await asyncio.to_thread(setup.namespace, f"{mode}-n{n}")
+        names = await asyncio.to_thread(setup.namespaces, f"{mode[:2]}{n}", min(n, args.namespaces))
         try:
-            result[mode] = await Scenario(args, cluster, n, mode, ns).run()
+            result[mode] = await Scenario(args, cluster, n, mode, names, setup.operator_kubeconfig).run()
         finally:
             await asyncio.to_thread(setup.delete_namespaces, 900)
     result["host"]["loadavg_end"] = os.getloadavg()
@@ -466,6 +619,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--operator-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment of the operator process (repeatable)")
     p.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
+    p.add_argument("--namespaces", type=int, default=100, help="GemmaDeployments spread over this many namespaces")
+    p.add_argument("--unrelated-pods", type=int, default=20000, help="running pods of others in the cluster")
+    p.add_argument("--keep-unrelated", action="store_true", help="leave the unrelated pods for the next run")
+    p.add_argument("--no-relist", dest="relist", action="store_false",
+                   help="skip the re-list phase (it restarts the kube-apiserver: nothing else may use the cluster)")
+    p.add_argument("--relist-seconds", type=float, default=20.0, help="window after the re-list in which writes count")
     args = p.parse_args(argv)
     args.n = args.n or [50]
     return args
@@ -475,7 +634,8 @@ async def main_async(args: argparse.Namespace) -> None:
     cluster = await asyncio.to_thread(kube.connect)
     os.environ["KUBECONFIG"] = cluster.kubeconfig
     setup = Setup(cluster)
-    await asyncio.to_thread(setup.prepare)
+    tmp = Path(tempfile.mkdtemp(prefix="gemma-bench-"))
+    await asyncio.to_thread(setup.prepare_scale, args.unrelated_pods, tmp)
     try:
         for n in args.n:
             await run_n(args, cluster, setup, n)
@@ -483,7 +643,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 report.main([])  # JSON, table and plot are out before the (slow) teardown
     finally:
         log.info("cleaning up: benchmark namespaces and nodes")
-        await asyncio.to_thread(setup.teardown)
+        shutil.rmtree(tmp, ignore_errors=True)
+        await asyncio.to_thread(setup.teardown, args.keep_unrelated)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from . import httpserver, kube
+from .kinds import watched_kinds
 from .leader import LeaderElector
 from .runtime import Runtime
 from .settings import Settings
@@ -42,7 +43,10 @@ async def run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     settings = Settings(**({"workers": args.workers} if args.workers else {}))
-    client = kube.KubeClient(kube.login(), relogin=kube.login)
+    # Connections: one per watch (a kind in a namespace), and two per worker (a pass applies the Service
+    # and the Deployment together), so that no pass waits for a connection that a watch holds.
+    watches = len(watched_kinds()) * max(1, len(args.namespace))
+    client = kube.KubeClient(kube.login(), relogin=kube.login, connections=watches + 2 * settings.workers + 8)
     try:
         await _serve(args, settings, client)
     finally:

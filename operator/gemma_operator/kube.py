@@ -72,13 +72,14 @@ class WatchExpired(Exception):
 
 class KubeClient:
     def __init__(self, info: kopf.ConnectionInfo, timeout: float = 30.0,
-                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None, connections: int = 64) -> None:
         self._server = info.server.rstrip("/")
         self._headers = self._headers_of(info)
         self._relogin = relogin
         ctx: ssl.SSLContext | bool = False if info.insecure else info.as_ssl_context()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=ctx, limit=64),
+            # HTTP/1.1: one connection per request in flight; a watch holds one for as long as it lasts.
+            connector=aiohttp.TCPConnector(ssl=ctx, limit=connections),
             timeout=aiohttp.ClientTimeout(total=timeout),
         )
 

@@ -18,6 +18,25 @@ from .kinds import Key, Manifest
 # A write whose watch event never comes (the object was re-listed, or changed by a write we did not see
 # the answer of) stops holding back the watch after this long.
 WRITE_HOLD_SECONDS = 30.0
+# The versions of an object the watch delivered last: our write's answer that the watch delivered before
+# the answer reached us is old news (the cache may hold a newer version already).
+SEEN_VERSIONS = 8
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim(obj: Manifest) -> Manifest:
+    """What the cache keeps of an object: all of it but managedFields and kubectl's last-applied copy,
+    which no pass reads and which are most of a Deployment's bytes (client-go's informers strip
+    managedFields with a transform for the same reason). The object is fresh from JSON, so in place."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        annotations = meta.get("annotations")
+        if isinstance(annotations, dict) and LAST_APPLIED in annotations:
+            del annotations[LAST_APPLIED]
+    return obj
 
 
 def key_of(obj: Manifest) -> Key:
@@ -39,6 +58,8 @@ class Store:
         self._by_instance: dict[str, dict[Key, dict[Key, Manifest]]] = {}
         # kind -> key -> (resourceVersion of our write, when) until the watch delivers that version
         self._written: dict[str, dict[Key, tuple[str, float]]] = {}
+        # kind -> key -> the last SEEN_VERSIONS versions the watch (or a list) delivered, newest last
+        self._seen: dict[str, dict[Key, tuple[str, ...]]] = {}
 
     def upsert(self, kind: str, obj: Manifest) -> None:
         """A watch event: the newest version, unless it is older than our own write still on its way."""
@@ -50,11 +71,18 @@ class Store:
                 del self._written[kind][key]
             else:
                 return  # an event from before our write: the cache already holds something newer
+        self._saw(kind, key, obj)
         self._put(kind, key, obj)
+
+    def _saw(self, kind: str, key: Key, obj: Manifest) -> None:
+        seen = self._seen.setdefault(kind, {})
+        seen[key] = (*seen.get(key, ())[-(SEEN_VERSIONS - 1):], _resource_version(obj))
 
     def record_write(self, kind: str, obj: Manifest) -> None:
         """The API server's answer to our write: newer than any event of the object seen so far."""
         key = key_of(obj)
+        if _resource_version(obj) in self._seen.get(kind, {}).get(key, ()):
+            return  # the watch was quicker than the answer: the cache holds this version or a newer one
         old = self._objects.get(kind, {}).get(key)
         if old is None or _resource_version(old) != _resource_version(obj):  # a no-op write makes no event
             self._written.setdefault(kind, {})[key] = (_resource_version(obj), time.monotonic())
@@ -73,10 +101,12 @@ class Store:
         for key in [k for k in written if namespace is None or k[0] == namespace]:
             del written[key]  # the list is newer than any write made before it
         for obj in objects:
+            self._saw(kind, key_of(obj), obj)
             self._put(kind, key_of(obj), obj)
         return gone
 
     def _put(self, kind: str, key: Key, obj: Manifest) -> None:
+        slim(obj)
         bucket = self._objects.setdefault(kind, {})
         old = bucket.get(key)
         instance = _instance(obj)
@@ -94,6 +124,7 @@ class Store:
             del bucket[key]
             self._unindex(kind, key, current)
             self._written.get(kind, {}).pop(key, None)
+            self._seen.get(kind, {}).pop(key, None)
 
     def _unindex(self, kind: str, key: Key, obj: Manifest) -> None:
         instance = _instance(obj)

@@ -53,6 +53,21 @@ def test_our_write_is_held_until_the_watch_delivers_it() -> None:
     assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "10"
 
 
+def test_an_answer_the_watch_was_quicker_than_does_not_undo_a_newer_event() -> None:
+    """Under load the watch can deliver our write (9) and a controller's change after it (10) before the
+    worker that sent the write gets its answer (9): the answer must not put 9 back over 10, or the cache
+    says "not ready" until the next event, which may never come (the benchmark found a GemmaDeployment
+    stuck in Starting that way)."""
+    s = Store()
+    s.upsert("Pod", pod("a", "x", "server", 5))
+    s.upsert("Pod", pod("a", "x", "server", 9))  # our write, seen by the watch
+    s.upsert("Pod", pod("a", "x", "server", 10))  # the deployment controller's status update
+    s.record_write("Pod", pod("a", "x", "server", 9))  # the answer to our write arrives only now
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "10"
+    s.upsert("Pod", pod("a", "x", "server", 11))  # nothing held back: the next event is taken
+    assert s.get("Pod", "ns", "a")["metadata"]["resourceVersion"] == "11"
+
+
 def test_a_no_op_write_holds_nothing() -> None:
     s = Store()
     s.upsert("Pod", pod("a", "x", "server", 5))
@@ -95,3 +110,13 @@ def test_relabelled_and_removed_objects_leave_the_index() -> None:
     assert names(s.children("Pod", "ns", "y")) == ["a"]
     s.remove("Pod", pod("a", "y", "server", 3))
     assert s.children("Pod", "ns", "y") == [] and s.get("Pod", "ns", "a") is None and s.count("Pod") == 0
+
+
+def test_the_cache_keeps_no_managed_fields_or_last_applied_copy() -> None:
+    s = Store()
+    obj = pod("a", "x", "server", 5)
+    obj["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    obj["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{...}", "keep": "me"}
+    s.upsert("Pod", obj)
+    cached = s.get("Pod", "ns", "a")["metadata"]
+    assert "managedFields" not in cached and cached["annotations"] == {"keep": "me"}
