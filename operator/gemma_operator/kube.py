@@ -189,6 +189,14 @@ class KubeClient:
         )
         return result
 
+    async def patch(self, kind: str, namespace: str, name: str, patch: Manifest) -> Manifest:
+        """A JSON merge patch (lists are replaced whole), e.g. the owner references of a shared model cache."""
+        result: Manifest = await self._request(
+            "patch", "PATCH", resource_path(kind, namespace, name), RESOURCES[kind][1],
+            body=patch, content_type="application/merge-patch+json",
+        )
+        return result
+
     async def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
         try:
             result: Manifest = await self._request("get", "GET", resource_path(kind, namespace, name), RESOURCES[kind][1])

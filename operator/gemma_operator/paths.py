@@ -5,6 +5,8 @@ from __future__ import annotations
 import posixpath
 
 CACHE_ROOT = "/models"
+# LoRA adapters (spec.adapters) live beside the models, under <root>/adapters/<source>/<owner>--<name>/<revision>.
+ADAPTERS_DIR = "adapters"
 MANIFEST_NAME = ".gemma-manifest.json"
 
 
@@ -20,3 +22,9 @@ def model_dir(source: str, model_id: str, revision: str, root: str = CACHE_ROOT)
 
 def manifest_path(source: str, model_id: str, revision: str, root: str = CACHE_ROOT) -> str:
     return posixpath.join(model_dir(source, model_id, revision, root), MANIFEST_NAME)
+
+
+def adapter_dir(source: str, adapter_id: str, revision: str, root: str = CACHE_ROOT) -> str:
+    """The directory of one adapter revision: <root>/adapters/<source>/<owner>--<name>/<revision>. Apart from
+    the models' so that an adapter repository and a model repository of one id never share a directory."""
+    return model_dir(source, adapter_id, revision, posixpath.join(root, ADAPTERS_DIR))

@@ -18,14 +18,11 @@ from .events import Recorder, now
 from .kinds import Key, Manifest
 from .kube import ApiError, KubeClient
 from .settings import Settings
+from .shared_cache import ForeignObjectError, SharedCaches, is_shared_cache_of
 from .spec import KIND, GemmaDeployment
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-
-class ForeignObjectError(Exception):
-    """A child's name is taken by an object the operator did not create; it is never taken over."""
 
 
 def is_subset(desired: Any, actual: Any) -> bool:
@@ -55,6 +52,8 @@ def is_ours(obj: Manifest, gd: GemmaDeployment) -> bool:
     if any(ref.get("uid") == gd.uid for ref in meta.get("ownerReferences") or []):
         return True
     obj_labels = meta.get("labels") or {}
+    if is_shared_cache_of(obj, gd):
+        return True
     # A cache kept from an earlier GemmaDeployment of the same name (retainOnDelete) carries our labels.
     return bool(
         obj_labels.get(builders.MANAGED_BY_LABEL) == builders.MANAGED_BY
@@ -97,6 +96,10 @@ class Reconciler:
         self._progress: dict[Key, status.Progress] = {}
         # Per GemmaDeployment: pod name -> ((uid, restart count) of the crash, that run's log tail).
         self._crash_logs: dict[Key, dict[str, tuple[tuple[str, int], str]]] = {}
+        # The model caches shared by the GemmaDeployments of one model revision (docs/model-cache.md); the
+        # runtime routes the events of a cache to its users by cache_users.
+        self.caches = SharedCaches(client, store, settings)
+        self.cache_users = self.caches.users
 
     async def reconcile(self, key: Key) -> float | None:
         """One pass; returns seconds after which to look again (a running download), or None."""
@@ -104,6 +107,7 @@ class Reconciler:
         if body is None or body["metadata"].get("deletionTimestamp"):
             self._progress.pop(key, None)
             self._crash_logs.pop(key, None)
+            self.cache_users.drop(key)
             return None  # the children go with their owner through garbage collection
         previous = dict(body.get("status") or {})
         try:
@@ -113,6 +117,7 @@ class Reconciler:
             new = status.invalid_spec_status(int(body["metadata"].get("generation") or 0), message, previous, now())
             await self._write_status(body, previous, new)
             return None
+        gd = self.caches.with_cache(gd)
         observed = await self._converge(gd, previous)
         new = status.compute_status(gd, observed, previous, now())
         await self._write_status(body, previous, new)
@@ -145,22 +150,36 @@ class Reconciler:
         return await self._observe(gd, previous, error)
 
     async def _apply_children(self, gd: GemmaDeployment, previous: Manifest) -> None:
-        pvc = builders.build_cache_pvc(gd)
+        if gd.shared_cache:
+            await self.caches.ensure(gd, self._ensure)
+        pvc = None if gd.shared_cache else builders.build_cache_pvc(gd)
         if pvc is not None:
             await self._ensure(gd, pvc)
-        job = builders.build_download_job(gd, self.settings)
+        job = None if gd.shared_cache else builders.build_download_job(gd, self.settings)
         if job is not None:
             # A Job's template is immutable: it is created once; a new model gets a Job of a new name.
             await self._ensure(gd, job, create_only=True)
             await self._delete_stale_jobs(gd, job["metadata"]["name"])
+        adapters = builders.build_adapter_job(gd, self.settings)
+        # Alongside the model's download (other directories, other locks); other adapters get a new Job.
+        if adapters is not None:
+            await self._ensure(gd, adapters, create_only=True)
+        await self._delete_stale_jobs(gd, adapters["metadata"]["name"] if adapters else "", "adapters")
         auth = builders.build_auth_configmap(gd)
         if auth is not None:
             # Before the Deployment: its pods mount it (without it they wait in ContainerCreating). Like the
             # Service it is kept while the GemmaDeployment lives; it goes with it (garbage collection).
             await self._ensure(gd, auth)
         wanted = [builders.build_service(gd)]
+        budget = builders.build_disruption_budget(gd)
+        if budget is not None:
+            wanted.append(budget)
+        else:
+            await self._delete_disruption_budget(gd)
         observed = await self._observe(gd, previous, None, read_progress=False)
+        mounted = None
         if status.model_ready(gd, observed):
+            mounted = self.caches.mounted_claim(gd)
             wanted.insert(0, builders.build_server_deployment(gd, self.settings))
         # Together, not one after the other: a Service create is the slowest write of a burst (the API
         # server allocates its IP), and the Deployment, which takes the longest to become ready, should not
@@ -169,6 +188,13 @@ class Reconciler:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        if mounted and mounted != gd.cache_claim_name:
+            # The servers have moved to the new model's cache: leave the one they mounted until now.
+            await self.caches.release(gd, mounted)
+        before = (previous.get("cache") or {}).get("claimName")
+        if before and before != gd.cache_claim_name and before != self.caches.mounted_claim(gd):
+            # A cache of an earlier model that no server mounts (its download failed, or never finished).
+            await self.caches.release(gd, before)
 
     async def _ensure(self, gd: GemmaDeployment, desired: Manifest, create_only: bool = False) -> None:
         desired = with_spec_hash(desired)
@@ -191,11 +217,22 @@ class Reconciler:
         log.info("applying %s %s/%s", kind, meta["namespace"], meta["name"])
         self.store.record_write(kind, await self.client.apply(desired))
 
-    async def _delete_stale_jobs(self, gd: GemmaDeployment, current: str) -> None:
-        for job in self.store.children("Job", gd.namespace, gd.name, "download"):
+    async def _delete_disruption_budget(self, gd: GemmaDeployment) -> None:
+        """The servers' PodDisruptionBudget exists only with replicas > 1 (builders.build_disruption_budget).
+        Deleted only when this GemmaDeployment made it (its owner reference), not on labels alone: a budget
+        someone else made under that name protects their pods, and is none of ours to remove."""
+        budget = self.store.get("PodDisruptionBudget", gd.namespace, gd.name)
+        if budget is None or budget["metadata"].get("deletionTimestamp"):
+            return
+        if any(ref.get("uid") == gd.uid for ref in budget["metadata"].get("ownerReferences") or []):
+            log.info("deleting PodDisruptionBudget %s/%s (replicas <= 1)", gd.namespace, gd.name)
+            await self.client.delete("PodDisruptionBudget", gd.namespace, gd.name, uid=budget["metadata"].get("uid"))
+
+    async def _delete_stale_jobs(self, gd: GemmaDeployment, current: str, component: str = "download") -> None:
+        for job in self.store.children("Job", gd.namespace, gd.name, component):
             meta = job["metadata"]
             if meta["name"] != current and is_ours(job, gd) and not meta.get("deletionTimestamp"):
-                log.info("deleting download Job %s/%s of an earlier model", gd.namespace, meta["name"])
+                log.info("deleting %s Job %s/%s of an earlier spec", component, gd.namespace, meta["name"])
                 await self.client.delete("Job", gd.namespace, meta["name"], uid=meta.get("uid"))
 
     async def _observe(
@@ -205,7 +242,7 @@ class Reconciler:
         job_name = builders.download_job_name(gd, self.settings) if gd.needs_download else ""
         job = self.store.get("Job", ns, job_name) if job_name else None
         job_pods = [
-            p for p in self.store.children("Pod", ns, gd.name, "download")
+            p for p in self.store.children("Pod", ns, builders.download_instance(gd), "download")
             if (p["metadata"].get("labels") or {}).get("job-name") == job_name
         ]
         before = previous.get("download") or {}
@@ -213,6 +250,14 @@ class Reconciler:
         progress = None
         if read_progress and status.job_state(job) == "Running":
             progress = await self._read_progress((ns, gd.name), job_pods)
+        adapter_job_name = builders.adapter_job_name(gd, self.settings) if gd.spec.adapters else ""
+        adapter_job = self.store.get("Job", ns, adapter_job_name) if adapter_job_name else None
+        adapter_pods = [
+            p for p in self.store.children("Pod", ns, gd.name, "adapters")
+            if adapter_job_name and (p["metadata"].get("labels") or {}).get("job-name") == adapter_job_name
+        ]
+        adapters_before = previous.get("adapters") or {}
+        adapters_done = adapters_before.get("state") == "Succeeded" and adapters_before.get("jobName") == adapter_job_name
         pvc = self.store.get("PersistentVolumeClaim", ns, gd.cache_claim_name)
         server_pods = self.store.children("Pod", ns, gd.name, "server")
         server_logs = await self._read_crash_logs((ns, gd.name), server_pods) if read_progress else {}
@@ -227,6 +272,10 @@ class Reconciler:
             download_done_before=done_before,
             apply_error=error,
             pvc_age_seconds=age_seconds(pvc, now()),
+            cache_users=tuple(self.cache_users.users(ns, gd.shared_cache)) if gd.shared_cache else (),
+            adapter_job=adapter_job,
+            adapter_job_pods=adapter_pods,
+            adapters_done_before=adapters_done,
             now=now(),
         )
 

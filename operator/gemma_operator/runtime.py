@@ -57,6 +57,9 @@ class Runtime:
         instance = ((obj.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL)
         if instance:
             self.queue.add((key_of(obj)[0], instance))
+            # A shared model cache's claim, Job and download pods: every GemmaDeployment that uses it.
+            for user in self.reconciler.cache_users.users(key_of(obj)[0], instance):
+                self.queue.add((key_of(obj)[0], user))
 
     async def worker(self) -> None:
         while True:

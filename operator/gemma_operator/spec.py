@@ -54,11 +54,18 @@ class GpuSpec(_Model):
     memory_utilization: float | None = None
 
 
+class CompileCacheSpec(_Model):
+    # None: on when the operator's download Job writes the cache volume (the volume is then known to be
+    # writable by the pods' user), off for source pvc (a volume of yours; opt in with true).
+    enabled: bool | None = None
+
+
 class VllmSpec(_Model):
     image: str | None = None
     extra_args: tuple[str, ...] = ()
     env: tuple[dict[str, Any], ...] = ()
     startup_timeout_seconds: int = 1800
+    compile_cache: CompileCacheSpec = Field(default_factory=CompileCacheSpec)
 
 
 class CacheSpec(_Model):
@@ -83,6 +90,60 @@ class RolloutSpec(_Model):
     max_unavailable: int | str = 1
 
 
+# Images per prompt when spec.multimodal.images.enabled is true and maxPerPrompt is unset.
+DEFAULT_IMAGES_PER_PROMPT = 1
+
+
+class ImagesSpec(_Model):
+    # Off by default: vLLM then refuses image input and does not load the vision tower (builders.server_args).
+    enabled: bool = False
+    max_per_prompt: int | None = None
+
+    @property
+    def limit(self) -> int:
+        """vLLM's per-prompt image limit: 0 when images are off."""
+        return (self.max_per_prompt or DEFAULT_IMAGES_PER_PROMPT) if self.enabled else 0
+
+
+class MultimodalSpec(_Model):
+    images: ImagesSpec = Field(default_factory=ImagesSpec)
+
+
+AdapterSource = Literal["modelscope", "huggingface"]
+# vLLM's accepted --max-lora-rank values (vllm.config.lora.MaxLoRARanks); the CRD has the same enum.
+MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+DEFAULT_MAX_LORA_RANK = 16  # vLLM's own default
+
+
+class AdapterSpec(_Model):
+    """One LoRA adapter, served under `name` next to the base model (builders.lora_args)."""
+
+    name: str
+    id: str
+    # None: the model's source (a pvc model's adapters must name theirs; the CRD says so).
+    source: AdapterSource | None = None
+    revision: str | None = None
+
+
+class AdapterSettingsSpec(_Model):
+    # vLLM's --max-lora-rank: the largest rank (adapter_config.json r) the servers reserve room for.
+    max_rank: int = DEFAULT_MAX_LORA_RANK
+    # vLLM's --max-loras, the adapters one batch can mix; None: as many as spec.adapters has.
+    max_loras: int | None = None
+
+
+class DisruptionBudgetSpec(_Model):
+    # The PodDisruptionBudget of the servers (replicas > 1 only): at most this many evicted at once.
+    max_unavailable: int | str = 1
+
+
+class TopologySpreadSpec(_Model):
+    # Rendered as the server pods' topologySpreadConstraints (builders.server_topology_spread).
+    topology_key: str = "kubernetes.io/hostname"
+    max_skew: int = 1
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = "DoNotSchedule"
+
+
 class GemmaDeploymentSpec(_Model):
     model: ModelSpec
     served_model_name: str | None = None
@@ -93,12 +154,18 @@ class GemmaDeploymentSpec(_Model):
     cache: CacheSpec = Field(default_factory=CacheSpec)
     download: DownloadSpec = Field(default_factory=DownloadSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    multimodal: MultimodalSpec = Field(default_factory=MultimodalSpec)
     api_key_secret_ref: SecretKeyRef | None = None
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     affinity: dict[str, Any] | None = None
     resources: dict[str, Any] | None = None
     pod_annotations: dict[str, str] = Field(default_factory=dict)
+    priority_class_name: str | None = None
+    topology_spread: TopologySpreadSpec | None = None
+    disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
+    adapters: tuple[AdapterSpec, ...] = ()
+    adapter_settings: AdapterSettingsSpec = Field(default_factory=AdapterSettingsSpec)
 
 
 class GemmaDeployment(_Model):
@@ -107,6 +174,11 @@ class GemmaDeployment(_Model):
     uid: str = ""
     generation: int = 0
     spec: GemmaDeploymentSpec
+    # The model cache claim this GemmaDeployment shares with the others of its namespace that name the same
+    # model revision (builders.shared_cache_name; docs/model-cache.md). Not part of the resource: the
+    # reconciler sets it (the name depends on the operator's settings). "" = no shared cache: an
+    # existingClaim, source pvc, or a claim <name>-cache made before caches were shared.
+    shared_cache: str = ""
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> GemmaDeployment:
@@ -135,9 +207,19 @@ class GemmaDeployment(_Model):
             return paths.CACHE_ROOT + "/" + (model.path or model.id).strip("/")
         return paths.model_dir(model.source, model.id, model.effective_revision)
 
+    def adapter_source(self, adapter: AdapterSpec) -> str:
+        return adapter.source or (self.spec.model.source if self.spec.model.source != "pvc" else "modelscope")
+
+    def adapter_revision(self, adapter: AdapterSpec) -> str:
+        return adapter.revision or DEFAULT_REVISION[self.adapter_source(adapter)]
+
+    def adapter_dir(self, adapter: AdapterSpec) -> str:
+        """Where the servers find an adapter on the cache volume: its own directory per id and revision."""
+        return paths.adapter_dir(self.adapter_source(adapter), adapter.id, self.adapter_revision(adapter))
+
     @property
     def cache_claim_name(self) -> str:
-        return self.spec.cache.existing_claim or f"{self.name}-cache"
+        return self.spec.cache.existing_claim or self.shared_cache or f"{self.name}-cache"
 
     @property
     def endpoint(self) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from . import builders
 from .crashlog import root_cause
+from .download.errors import EXIT_ADAPTER_RANK
 from .kinds import Manifest
 from .spec import GemmaDeployment
 
@@ -48,6 +49,13 @@ class Observed:
     server_logs: dict[str, str] = field(default_factory=dict)
     # The time of the pass (RFC3339, UTC), for how long a pod has waited for its volumes; "" = unknown.
     now: str = ""
+    # The GemmaDeployments that use the shared model cache of this one (itself included); () = not shared.
+    cache_users: tuple[str, ...] = ()
+    # The Job that downloads spec.adapters (builders.build_adapter_job) and its pods; whether it finished in
+    # an earlier pass (the same Job name in status.adapters).
+    adapter_job: Manifest | None = None
+    adapter_job_pods: list[Manifest] = field(default_factory=list)
+    adapters_done_before: bool = False
 
 
 PVC_PENDING_GRACE_SECONDS = 5.0
@@ -115,7 +123,56 @@ def _creation(obj: Manifest) -> str:
 
 
 def model_ready(gd: GemmaDeployment, obs: Observed) -> bool:
+    """The model and its adapters (spec.adapters) are on the volume: the servers can start."""
+    return model_downloaded(gd, obs) and adapters_ready(gd, obs)
+
+
+def model_downloaded(gd: GemmaDeployment, obs: Observed) -> bool:
     return not gd.needs_download or obs.download_done_before or job_state(obs.job) == "Succeeded"
+
+
+def adapters_ready(gd: GemmaDeployment, obs: Observed) -> bool:
+    return not gd.spec.adapters or obs.adapters_done_before or job_state(obs.adapter_job) == "Succeeded"
+
+
+def _adapter_failure(gd: GemmaDeployment, obs: Observed) -> tuple[str, str]:
+    """(reason, message) of a failed adapters Job: AdapterRankTooLarge when the downloader found an adapter
+    the servers cannot load (its exit code), else AdapterDownloadFailed; the message is the downloader's,
+    which names the spec.adapters[i] entry and the fix."""
+    for pod in sorted(obs.adapter_job_pods, key=_creation, reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode") not in (None, 0):
+                reason = "AdapterRankTooLarge" if term.get("exitCode") == EXIT_ADAPTER_RANK else "AdapterDownloadFailed"
+                message = _last_lines(term.get("message") or "") or f"exit code {term.get('exitCode')}"
+                return reason, message
+    names = ", ".join(a.name for a in gd.spec.adapters)
+    return "AdapterDownloadFailed", download_failure_message(gd, obs.adapter_job, []).replace(
+        f"download of {gd.spec.model.id}", f"download of the adapters {names}")
+
+
+def adapters_finding(gd: GemmaDeployment, obs: Observed) -> Finding | None:
+    """ModelReady while the model is on the volume but spec.adapters are not (yet): None when they are."""
+    if adapters_ready(gd, obs):
+        return None
+    names = ", ".join(f"{a.name} ({a.id})" for a in gd.spec.adapters)
+    if job_state(obs.adapter_job) == "Failed":
+        return Finding(False, *_adapter_failure(gd, obs))
+    blocked = pod_problems(obs.adapter_job_pods, gd=gd, now=obs.now)
+    if blocked:
+        return Finding(False, "DownloadBlocked", f"the download of the adapters {names} cannot run: {_problems_text(blocked)[1]}")
+    return Finding(False, "AdaptersDownloading", f"the model is on the volume; downloading the adapters {names}")
+
+
+def adapters_block(gd: GemmaDeployment, obs: Observed) -> Manifest | None:
+    """status.adapters: the adapters' download state and Job, and the names clients can pass as model."""
+    if not gd.spec.adapters:
+        return None
+    state = "Succeeded" if obs.adapters_done_before else job_state(obs.adapter_job)
+    block: Manifest = {"state": state, "names": [a.name for a in gd.spec.adapters]}
+    if obs.adapter_job is not None:
+        block["jobName"] = obs.adapter_job["metadata"]["name"]
+    return block
 
 
 def pvc_bound(pvc: Manifest | None) -> bool:
@@ -135,11 +192,22 @@ def pvc_pending_message(gd: GemmaDeployment, pvc: Manifest | None, age_seconds: 
 
 def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
     if not gd.needs_download:
+        adapters = adapters_finding(gd, obs)
+        if adapters is not None:
+            return adapters
         return Finding(True, "ModelOnVolume", f"serving {gd.model_dir} from volume {gd.cache_claim_name}")
     state = "Succeeded" if obs.download_done_before else job_state(obs.job)
     model = f"{gd.spec.model.id}@{gd.spec.model.effective_revision} from {gd.spec.model.source}"
+    if state != "Failed" and gd.spec.adapters and job_state(obs.adapter_job) == "Failed":
+        # The adapters run alongside the model's download: a bad adapter is told now, not once the model is in.
+        return Finding(False, *_adapter_failure(gd, obs))
     if state == "Succeeded":
-        return Finding(True, "Downloaded", f"{model} is on volume {gd.cache_claim_name}")
+        adapters = adapters_finding(gd, obs)
+        if adapters is not None:
+            return adapters
+        with_adapters = f"; adapters {', '.join(a.name for a in gd.spec.adapters)} too" if gd.spec.adapters else ""
+        return Finding(True, "Downloaded",
+                       f"{model} is on volume {gd.cache_claim_name}{_shared_text(gd, obs)}{with_adapters}")
     if state == "Failed":
         return Finding(False, "DownloadFailed", download_failure_message(gd, obs.job, obs.job_pods))
     pending = pvc_pending_message(gd, obs.pvc, obs.pvc_age_seconds)
@@ -155,6 +223,23 @@ def model_finding(gd: GemmaDeployment, obs: Observed) -> Finding:
     if state == "Running":
         return Finding(False, "Downloading", f"downloading {model}{_progress_text(obs.progress)}")
     return Finding(False, "DownloadPending", f"waiting for the download Job of {model} to start")
+
+
+def _shared_text(gd: GemmaDeployment, obs: Observed) -> str:
+    """', shared with GemmaDeployments a, b' when other GemmaDeployments use the same cache, else ''."""
+    others = [name for name in obs.cache_users if name != gd.name]
+    if not others:
+        return ""
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    return f", shared with GemmaDeployment{'s' if len(others) > 1 else ''} {shown}"
+
+
+def cache_block(gd: GemmaDeployment, obs: Observed) -> Manifest:
+    """status.cache: the claim the model is on and, for a shared cache, how many GemmaDeployments use it."""
+    block: Manifest = {"claimName": gd.cache_claim_name, "shared": bool(gd.shared_cache)}
+    if gd.shared_cache:
+        block["users"] = max(1, len(obs.cache_users))
+    return block
 
 
 def _retry_text(gd: GemmaDeployment, obs: Observed) -> str:
@@ -264,7 +349,9 @@ def _cache_fix(gd: GemmaDeployment | None) -> str:
     if modes & {"ReadWriteMany", "ReadOnlyMany"}:
         return (f"cache claim {claim} is {'/'.join(sorted(modes))}: check the pod's events (kubectl describe pod) "
                 f"for FailedAttachVolume or FailedMount")
-    return (f"cache claim {claim} is ReadWriteOnce and attached to another node (Multi-Attach): set "
+    shared = (" and shared with other GemmaDeployments of this model, whose servers must then run on that node too"
+              if gd.shared_cache else "")
+    return (f"cache claim {claim} is ReadWriteOnce{shared} and attached to another node (Multi-Attach): set "
             f"spec.cache.accessModes to [ReadWriteMany] where the storage class supports it, or keep the replicas "
             f"on one node (the operator's default podAffinity does that unless spec.affinity sets its own)")
 
@@ -280,7 +367,11 @@ def _pod_problem(pod: Manifest, log: str = "", gd: GemmaDeployment | None = None
             message = cond.get("message") or "no node fits the pod"
             if any(words in message for words in VOLUME_SCHEDULING):
                 return "CacheVolumeUnavailable", f"pod {name} fits no node that can mount its volumes: {message}; {_cache_fix(gd)}"
-            if "pod affinity" in message and gd is not None and builders.keeps_servers_on_one_node(gd):
+            if "pod affinity" in message and gd is not None and builders.keeps_servers_on_one_node(gd) and gd.shared_cache:
+                message += (f"; the servers of every GemmaDeployment that shares the ReadWriteOnce cache {gd.cache_claim_name} "
+                            f"run on the one node that has it, and that node has no room for this one: use "
+                            f"spec.cache.accessModes [ReadWriteMany] to let them spread over nodes (a new shared cache)")
+            elif "pod affinity" in message and gd is not None and builders.keeps_servers_on_one_node(gd):
                 message += ("; the servers share one node because the cache is ReadWriteOnce: with "
                             "spec.cache.accessModes [ReadWriteMany] they may spread over nodes")
             return "PodsUnschedulable", message
@@ -346,6 +437,10 @@ def rollout_done(deployment: Manifest, desired: int) -> bool:
 # ---------------------------------------------------------------- the whole status
 
 
+# ModelReady reasons that need a change of the spec: phase Failed.
+FAILED_REASONS = ("DownloadFailed", "AdapterDownloadFailed", "AdapterRankTooLarge")
+
+
 @dataclass(frozen=True)
 class Verdict:
     phase: str
@@ -355,7 +450,7 @@ class Verdict:
 def verdict(gd: GemmaDeployment, obs: Observed) -> Verdict:
     model = model_finding(gd, obs)
     if not model.status:
-        failed = model.reason == "DownloadFailed"
+        failed = model.reason in FAILED_REASONS
         stuck = model.reason in ("CacheVolumePending", "DownloadBlocked")
         phase = "Failed" if failed else ("Pending" if stuck else "Downloading")
         waiting = Finding(False, "WaitingForModel", "servers start once the model is on the cache volume")
@@ -443,6 +538,8 @@ def compute_status(gd: GemmaDeployment, obs: Observed, previous: Manifest, now: 
         "endpoint": gd.endpoint,
         "servedModelName": gd.served_model_name,
         "download": download,
+        "cache": cache_block(gd, obs),
+        **({"adapters": adapters} if (adapters := adapters_block(gd, obs)) else {}),
         "progress": f"{download['percent']}%" if "percent" in download else "-",
         "conditions": conditions(v.findings, list(previous.get("conditions") or []), gd.generation, now),
     }

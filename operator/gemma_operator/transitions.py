@@ -13,6 +13,10 @@ _MODEL_EVENTS = {
     "DownloadFailed": ("Warning", "DownloadFailed"),
     "CacheVolumePending": ("Warning", "CacheVolumePending"),
     "DownloadBlocked": ("Warning", "DownloadBlocked"),
+    "AdaptersDownloading": ("Normal", "AdaptersDownloading"),
+    "AdapterDownloadFailed": ("Warning", "AdapterDownloadFailed"),
+    # The message names spec.adapters[i], its rank and the fix (spec.adapterSettings.maxRank).
+    "AdapterRankTooLarge": ("Warning", "AdapterRankTooLarge"),
 }
 
 

@@ -28,7 +28,7 @@ VALUE_SETS: dict[str, list[str]] = {
     "everything": [
         "--set", "replicaCount=3", "--set-json", 'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"name":"monitoring"}}}]',
         "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true",
-        "--set", "operator.vllmImage=vllm/vllm-openai:v0.32.0", "--set", "operator.logLevel=DEBUG",
+        "--set", "operator.vllmImage=vllm/vllm-openai:v0.31.0", "--set", "operator.logLevel=DEBUG",
         "--set", "operator.modelscopeEndpoint=http://hub-mirror.internal:8080",
         "--set", "image.digest=sha256:" + "a" * 64, "--set", "priorityClassName=system-cluster-critical",
         "--api-versions", "monitoring.coreos.com/v1", "--api-versions", "gemma.ai/v1alpha1/GemmaDeployment",
@@ -228,7 +228,7 @@ def test_values_reach_the_operator(render: Render) -> None:
     dep = by_kind(out, "Deployment")[0]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["GEMMA_VLLM_IMAGE"] == "vllm/vllm-openai:v0.32.0"
+    assert env["GEMMA_VLLM_IMAGE"] == "vllm/vllm-openai:v0.31.0"
     assert env["GEMMA_MODELSCOPE_ENDPOINT"] == "http://hub-mirror.internal:8080"
     assert "GEMMA_HUGGINGFACE_ENDPOINT" not in env  # unset values leave the operator's defaults
     assert "--log-level=DEBUG" in container["args"]

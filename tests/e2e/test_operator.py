@@ -17,6 +17,7 @@ from tests.support.operator import OperatorProcess
 SEED_COMMAND = [
     "vllm", "serve", "/models/modelscope/LLM-Research--gemma-3-4b-it/master",
     "--served-model-name", "Gemma3-4b", "--port", "8000", "--max-model-len", "2048", "--tensor-parallel-size", "1",
+    "--limit-mm-per-prompt", '{"image":0}',  # text only unless spec.multimodal.images.enabled
 ]
 
 
@@ -35,7 +36,9 @@ def test_seed_reaches_ready_with_all_children(crd: kube.Cluster, namespace: str,
     apply_seed(crd, namespace)
     wait_phase(crd, namespace, "Ready", timeout=90)
 
-    pvc = crd.get("pvc", "gemma-cache", namespace)
+    claim = crd.get("gemmadeployment", "gemma", namespace)["status"]["cache"]["claimName"]
+    assert claim.startswith("cache-gemma-3-4b-it-"), claim  # shared by the model's GemmaDeployments
+    pvc = crd.get("pvc", claim, namespace)
     assert pvc and pvc["status"]["phase"] == "Bound"
     jobs = crd.kubectl_json("get", "jobs", "-n", namespace)["items"]
     assert len(jobs) == 1 and any(c["type"] == "Complete" and c["status"] == "True" for c in jobs[0]["status"]["conditions"])
@@ -50,9 +53,12 @@ def test_seed_reaches_ready_with_all_children(crd: kube.Cluster, namespace: str,
     assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("http", 8000)]
     pod_labels = server_pods(crd, namespace)[0]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    for child in (pvc, jobs[0], dep, svc):
+    for child in (dep, svc):
         owner = child["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["controller"]) == ("GemmaDeployment", "gemma", True)
+    for child in (pvc, jobs[0]):  # the model's shared cache: owned by each user, controlled by none
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner.get("controller", False)) == ("GemmaDeployment", "gemma", False)
 
     row = get_gemma_row(crd, namespace)
     assert row["PHASE"] == "Ready" and row["READY"] == "1/1" and row["PROGRESS"] == "100%"

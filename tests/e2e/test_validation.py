@@ -123,6 +123,25 @@ STATIC: list[Static] = [
     S("extra-args-api-key", bad({"vllm.extraArgs": ["--api-key", "sk-123"]}),
       ("spec.vllm.extraArgs", "--api-key", "spec.apiKeySecretRef")),
     S("extra-args-model", bad({"vllm.extraArgs": ["--model=/other"]}), ("spec.vllm.extraArgs", "--model")),
+    S("extra-args-image-limit", bad({"vllm.extraArgs": ["--limit-mm-per-prompt", '{"image":4}']}),
+      ("spec.vllm.extraArgs", "--limit-mm-per-prompt", "spec.multimodal.images")),
+    S("extra-args-image-limit-dotted", bad({"vllm.extraArgs": ["--limit-mm-per-prompt.image=4"]}),
+      ("spec.vllm.extraArgs", "spec.multimodal.images.maxPerPrompt")),
+    S("extra-args-language-model-only", bad({"vllm.extraArgs": ["--language-model-only"]}),
+      ("spec.vllm.extraArgs", "--language-model-only", "spec.multimodal.images.enabled")),
+    # -- images
+    S("images-per-prompt-zero", bad({"multimodal": {"images": {"enabled": True, "maxPerPrompt": 0}}}),
+      ("spec.multimodal.images.maxPerPrompt", "greater than or equal to 1")),
+    S("images-per-prompt-too-many", bad({"multimodal": {"images": {"enabled": True, "maxPerPrompt": 1000}}}),
+      ("spec.multimodal.images.maxPerPrompt", "less than or equal to 128")),
+    S("images-per-prompt-not-a-number", bad({"multimodal": {"images": {"enabled": True, "maxPerPrompt": "two"}}}),
+      ("spec.multimodal.images.maxPerPrompt", "must be of type integer")),
+    S("images-per-prompt-without-enabled", bad({"multimodal": {"images": {"maxPerPrompt": 4}}}),
+      ("spec.multimodal.images.maxPerPrompt", "set enabled to true")),
+    S("images-per-prompt-with-images-off", bad({"multimodal": {"images": {"enabled": False, "maxPerPrompt": 4}}}),
+      ("spec.multimodal.images.maxPerPrompt", "only applies with spec.multimodal.images.enabled true")),
+    S("images-enabled-not-a-boolean", bad({"multimodal": {"images": {"enabled": "yes"}}}),
+      ("spec.multimodal.images.enabled", "must be of type boolean")),
     S("image-with-space", bad({"vllm.image": "vllm/vllm-openai latest"}),
       ("spec.vllm.image", "without spaces")),
     S("env-without-name", bad({"vllm.env": [{"value": "1"}]}), ("spec.vllm.env[0].name", "Required value")),
@@ -176,6 +195,26 @@ STATIC: list[Static] = [
       ("spec.cache.existingClaim", "storageClassName")),
     S("existing-claim-bad-name", bad({"model.source": "pvc", "cache": {"existingClaim": "My_Weights"}}),
       ("spec.cache.existingClaim", "name of a PersistentVolumeClaim")),
+    # -- the server pod (issue 15): spread, priority, disruption budget, compile cache
+    S("topology-spread-on-a-one-node-cache", bad({"replicas": 2, "topologySpread": {}}),
+      ("spec.topologySpread", "ReadWriteOnce", "ReadWriteMany")),
+    S("topology-spread-bad-key",
+      bad({"cache.accessModes": ["ReadWriteMany"], "topologySpread": {"topologyKey": "any node"}}),
+      ("spec.topologySpread.topologyKey", "node label key")),
+    S("topology-spread-skew-zero",
+      bad({"cache.accessModes": ["ReadWriteMany"], "topologySpread": {"maxSkew": 0}}),
+      ("spec.topologySpread.maxSkew", "greater than or equal to 1")),
+    S("topology-spread-bad-when",
+      bad({"cache.accessModes": ["ReadWriteMany"], "topologySpread": {"whenUnsatisfiable": "Sometimes"}}),
+      ("spec.topologySpread.whenUnsatisfiable", 'supported values: "DoNotSchedule"')),
+    S("priority-class-bad-name", bad({"priorityClassName": "High Priority"}),
+      ("spec.priorityClassName", "name of a PriorityClass")),
+    S("disruption-budget-zero", bad({"disruptionBudget.maxUnavailable": 0}),
+      ("spec.disruptionBudget.maxUnavailable", "0 would block every node drain")),
+    S("disruption-budget-bad-percent", bad({"disruptionBudget.maxUnavailable": "150%"}),
+      ("spec.disruptionBudget.maxUnavailable", "percentage from 1% to 100%")),
+    S("compile-cache-not-a-boolean", bad({"vllm.compileCache.enabled": "yes"}),
+      ("spec.vllm.compileCache.enabled", "must be of type boolean")),
 ]
 
 
@@ -220,15 +259,9 @@ RUNTIME: list[Runtime | Any] = [
     R("requests-above-limits",
       bad({"resources": {"requests": {"memory": "64Gi"}, "limits": {"memory": "48Gi"}}}, "rt-requests"),
       ("ApplyFailed",), ("resources.requests", "must be less than or equal to memory limit")),
-    # Changes that the PersistentVolumeClaim of a running cache cannot take. Not immutable in the CRD: a claim
-    # that is still Pending holds no data and may be replaced (the fix of "no such StorageClass"), and a CEL
-    # rule cannot tell it from a Bound one.
-    R("cache-storage-class-changed-when-bound", bad({}, "rt-move"),
-      ("ApplyFailed",), ("PersistentVolumeClaim", "immutable"),
-      change={"spec": {"cache": {"storageClassName": "fast"}}}),
-    R("cache-shrunk-when-bound", bad({}, "rt-shrink"),
-      ("ApplyFailed",), ("PersistentVolumeClaim", "storage", "can not be less than"),
-      change={"spec": {"cache": {"size": "10Gi"}}}),
+    # Changes that a bound claim cannot take (a smaller size, another storage class) are no error any more:
+    # the volume settings are part of the shared cache's key, so they make a new cache
+    # (tests/e2e/test_shared_cache_e2e.py, docs/model-cache.md).
     # A Secret that does not exist (or lacks the key) is not checked by the operator, which holds no
     # permission on Secrets (least privilege): the kubelet refuses such a container with
     # CreateContainerConfigError, and the status function turns that into Degraded/ContainerConfigError

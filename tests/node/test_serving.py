@@ -80,14 +80,16 @@ def served(release: Release, hub: ModelScopeHub, ns: str) -> Iterator[dict[str, 
 def test_download_job_writes_the_model_into_the_real_volume(served: dict[str, Any], release: Release,
                                                             hub: ModelScopeHub, ns: str) -> None:
     cluster = release.cluster
-    (job_pod,) = pods(cluster, ns, "app.kubernetes.io/instance=gemma,app.kubernetes.io/component=download")
+    # The model cache is shared by the model's GemmaDeployments (docs/model-cache.md): named by the model, not "gemma".
+    claim = cluster.get("gemmadeployment", "gemma", ns)["status"]["cache"]["claimName"]
+    (job_pod,) = pods(cluster, ns, f"app.kubernetes.io/instance={claim},app.kubernetes.io/component=download")
     assert job_pod["spec"]["nodeName"] == REAL_NODE and job_pod["status"]["phase"] == "Succeeded"
     assert job_pod["spec"]["securityContext"]["runAsUser"] == 1000
     (container,) = job_pod["spec"]["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["image"] == release.values["operator"]["downloaderImage"]
 
-    model_dir = volume_dir(cluster, ns, "gemma-cache") / "modelscope" / "LLM-Research--gemma-3-4b-it" / "master"
+    model_dir = volume_dir(cluster, ns, claim) / "modelscope" / "LLM-Research--gemma-3-4b-it" / "master"
     repo = hub.repos[SEED_MODEL_ID]["master"]
     for path, data in repo.files.items():
         on_disk = model_dir / path

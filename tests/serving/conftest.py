@@ -44,6 +44,13 @@ def tiny_model(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return make_tiny_model(vllm_venv, tmp_path_factory.mktemp("tiny-gemma3") / "model")
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Gemma 3 vision-language model (Gemma3ForConditionalGeneration: SigLIP tower of 64 px
+    images, 16 tokens per image, projector, bf16) with its tokenizer, image processor and chat template."""
+    return make_tiny_model(vllm_venv, tmp_path_factory.mktemp("tiny-gemma3-vlm") / "model", "make_tiny_gemma_vlm.py")
+
+
 ServerFactory = Callable[..., LocalServer]
 
 
@@ -51,13 +58,14 @@ ServerFactory = Callable[..., LocalServer]
 def start_server(
     vllm_venv: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerFactory]:
-    """start_server(deployment_manifest, secrets=...) -> LocalServer; the caller stops it (all are stopped
-    at the end of the session anyway)."""
+    """start_server(deployment_manifest, model=..., secrets=...) -> LocalServer (model: the tiny text model
+    unless given); the caller stops it (all are stopped at the end of the session anyway)."""
     started: list[LocalServer] = []
 
-    def start(deployment: Mapping[str, Any], **kwargs: Any) -> LocalServer:
+    def start(deployment: Mapping[str, Any], model: Path | None = None, **kwargs: Any) -> LocalServer:
         server = run_rendered_server(
-            deployment, tiny_model, venv=vllm_venv, workdir=tmp_path_factory.mktemp("vllm-server"), **kwargs
+            deployment, model or tiny_model, venv=vllm_venv, workdir=tmp_path_factory.mktemp("vllm-server"),
+            **kwargs,
         )
         started.append(server)
         c = server_container(deployment)

@@ -15,7 +15,13 @@ what a local process on a CPU-only host must change, and nothing else:
   way in env values and arguments, e.g. PYTHONPATH);
 - the CPU build's flags are added (`CPU_ARGS`: a fixed KV cache size, eager mode), and `VLLM_CACHE_ROOT`
   points to a temporary directory (through the emptyDir mapping, or set when the manifest has none);
-- env vars from `secretKeyRef` are filled from the test's secrets.
+- env vars from `secretKeyRef` are filled from the test's secrets;
+- writable `subPath` mounts of the cache claim (vLLM's compile cache, builders.COMPILE_CACHE_MOUNT) become
+  that subPath under a local directory standing for the claim (`claims=`: claim name -> directory, so that
+  two starts can share one "volume"; default: one under the workdir);
+- with `claims=`, the whole-volume mount of a claim named there (the read-only /models) becomes that
+  directory too, in arguments (also the path of a `name=path` argument, vLLM's `--lora-modules` format) and
+  env values: the LoRA adapters of spec.adapters are read from it where the operator's Job put them.
 
 Readiness is decided with the manifest's own probes (path and port, the port name mapped to its
 containerPort), as the kubelet would.
@@ -80,9 +86,11 @@ def vllm_python(venv: Path) -> str:
 # ------------------------------------------------------------------------------------------- the tiny model
 
 
-def make_tiny_model(venv: Path, out: Path) -> Path:
+def make_tiny_model(venv: Path, out: Path, script: str = "make_tiny_gemma.py") -> Path:
+    """The tiny text model (make_tiny_gemma.py), or with script="make_tiny_gemma_vlm.py" the tiny
+    vision-language model (Gemma3ForConditionalGeneration)."""
     proc = subprocess.run(
-        [vllm_python(venv), str(HERE / "make_tiny_gemma.py"), str(out)],
+        [vllm_python(venv), str(HERE / script), str(out)],
         check=False,
         capture_output=True,
         text=True,
@@ -428,10 +436,44 @@ def configmap_mounts(
     return out
 
 
+def claim_mounts(
+    deployment: Mapping[str, Any], workdir: Path, claims: Mapping[str, Path] | None = None
+) -> dict[str, str]:
+    """Mount path -> local directory, for the writable subPath mounts of persistentVolumeClaim volumes (the
+    compile cache on the model cache volume): the subPath under the claim's local directory (`claims`, else
+    workdir/volumes/claim-<name>), created as the kubelet creates a missing subPath. The read-only model mount
+    is not one of them (the model directory is replaced in the command line, see local_command)."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []
+               if "persistentVolumeClaim" in v}
+    out = {}
+    for m in server_container(deployment).get("volumeMounts") or []:
+        claim = volumes.get(m["name"])
+        if claim is not None and not m.get("subPath") and claim in (claims or {}):
+            # The whole volume, given by the test (the adapters on it); the model directory in it is still
+            # replaced by the tiny model's (local_command).
+            out[m["mountPath"].rstrip("/")] = str((claims or {})[claim])
+            continue
+        if claim is None or not m.get("subPath") or m.get("readOnly"):
+            continue
+        root = Path((claims or {}).get(claim) or workdir / "volumes" / f"claim-{claim}")
+        local = root / m["subPath"]
+        local.mkdir(parents=True, exist_ok=True)
+        out[m["mountPath"].rstrip("/")] = str(local)
+    return out
+
+
 def _remap(value: str, mounts: Mapping[str, str]) -> str:
-    for pod_path, local in mounts.items():
+    # Longest mount first: a subPath mount inside a whole-volume mount wins for its own paths.
+    for pod_path, local in sorted(mounts.items(), key=lambda item: -len(item[0])):
         if value == pod_path or value.startswith(pod_path + "/"):
             return local + value[len(pod_path) :]
+    key, sep, rest = value.partition("=")
+    if sep and not key.startswith("-") and rest.startswith("/"):
+        # `name=path` (vLLM's --lora-modules)
+        remapped = _remap(rest, mounts)
+        if remapped != rest:
+            return f"{key}={remapped}"
     return value
 
 
@@ -445,12 +487,17 @@ def run_rendered_server(
     secrets: Mapping[tuple[str, str], str] | None = None,
     config_maps: list[Mapping[str, Any]] | None = None,
     ready_timeout: float = READY_TIMEOUT,
+    claims: Mapping[str, Path] | None = None,
+    wrap: list[str] | None = None,
 ) -> LocalServer:
-    """Start the rendered `vllm` container as a local process and wait until its startup probe passes."""
+    """Start the rendered `vllm` container as a local process and wait until its startup probe passes.
+    `wrap`: a command the server runs under, e.g. `unshare --pid --fork --mount-proc` for a PID namespace of its
+    own as in a pod (its processes then get the same pids as another server's)."""
     extra = CPU_ARGS if extra_cpu_args is None else extra_cpu_args
     workdir.mkdir(parents=True, exist_ok=True)
     mounts = emptydir_mounts(deployment_manifest, workdir)
     mounts |= configmap_mounts(deployment_manifest, workdir, list(config_maps or []))
+    mounts |= claim_mounts(deployment_manifest, workdir, claims)
     argv, ports, container_ports, changes = local_command(deployment_manifest, model_dir, extra, mounts)
     c = server_container(deployment_manifest)
     probes = {k: c[k] for k in ("startupProbe", "readinessProbe", "livenessProbe") if k in c}
@@ -461,16 +508,17 @@ def run_rendered_server(
     env = _base_env(venv, workdir / "hf-home")
     env.update({k: _remap(v, mounts) for k, v in container_env(c, secrets or {}).items()})
     if mounts:
-        changes.append("emptyDir/configMap " + ", ".join(f"{k} -> {v}" for k, v in mounts.items()))
+        changes.append("emptyDir/configMap/claim " + ", ".join(f"{k} -> {v}" for k, v in mounts.items()))
     if "VLLM_CACHE_ROOT" not in (e["name"] for e in c.get("env") or []):
         env["VLLM_CACHE_ROOT"] = str(workdir / "vllm-cache")
         changes.append(f"VLLM_CACHE_ROOT={env['VLLM_CACHE_ROOT']}")
-    assert env["VLLM_CACHE_ROOT"].startswith(str(workdir)), env["VLLM_CACHE_ROOT"]
+    local_roots = [str(workdir), *(str(d) for d in (claims or {}).values())]
+    assert any(env["VLLM_CACHE_ROOT"].startswith(r) for r in local_roots), env["VLLM_CACHE_ROOT"]
 
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            argv,
+            [*(wrap or []), *argv],
             env=env,
             cwd=workdir,
             stdout=log,

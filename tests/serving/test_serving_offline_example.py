@@ -85,3 +85,39 @@ def test_offline_generate_on_the_tiny_model(vllm_venv, tiny_model, tmp_path):
     assert out["prompt"].startswith("<start_of_turn>user\n")
     assert 1 <= len(out["token_ids"]) <= 16
     assert out["finish_reason"] in ("stop", "length")
+
+
+def _run_example(vllm_venv, model, tmp_path, *extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not SCRUB.match(k)}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"),
+        HF_HOME=str(tmp_path / "hf"),
+        VLLM_NO_USAGE_STATS="1",
+        VLLM_HOST_IP="127.0.0.1",
+    )
+    proc = subprocess.run(
+        [vllm_python(vllm_venv), str(EXAMPLES / "vllm_model.py"), "--model", str(model), "--json",
+         "--max-tokens", "4", "--temperature", "0", "--enforce-eager", "--kv-cache-memory-bytes", "64M",
+         "--message", "Describe this image.", *extra],
+        check=False, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict = json.loads([line for line in proc.stdout.splitlines() if line.startswith('{"prompt"')][-1])
+    return result
+
+
+def test_offline_generate_with_an_image_on_the_tiny_vlm(vllm_venv, tiny_vlm, tmp_path):
+    """Issue 15: --image goes to generate() as multi_modal_data (a PIL image), and vLLM expands the prompt's
+    <start_of_image> into the image's tokens: the prompt grows by them, not by the placeholder alone."""
+    from make_tiny_gemma_vlm import MM_TOKENS_PER_IMAGE, TOKENS_PER_IMAGE, png
+
+    image = tmp_path / "image.png"
+    image.write_bytes(png())
+    text = _run_example(vllm_venv, tiny_vlm, tmp_path)
+    with_image = _run_example(vllm_venv, tiny_vlm, tmp_path, "--image", str(image))
+    print(f"\n[offline] prompt tokens without / with the image: {text['prompt_tokens']} / {with_image['prompt_tokens']}")
+    assert with_image["image"] is True and "<start_of_image>" in with_image["prompt"]
+    # What one image adds, as in the server test (make_tiny_gemma_vlm.TOKENS_PER_IMAGE explains the count).
+    assert with_image["prompt_tokens"] - text["prompt_tokens"] == TOKENS_PER_IMAGE > MM_TOKENS_PER_IMAGE
+    assert 1 <= len(with_image["token_ids"]) <= 4

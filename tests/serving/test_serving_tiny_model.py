@@ -101,12 +101,17 @@ def test_install_script_reuses_a_complete_venv(vllm_venv):
         timeout=120,
     )
     assert version.returncode == 0 and "0.32.0" in version.stdout, version.stderr[-2000:]
-    assert (
-        subprocess.run(
-            [vllm_python(vllm_venv), "-m", "pip", "show", "torchvision"],
-            check=False,
-            capture_output=True,
-            timeout=60,
-        ).returncode
-        != 0
+    # torchvision only as the build of this torch (vLLM's Gemma 3 image processor imports it): pip's own
+    # pick would be built for another torch and break transformers.
+    pins = subprocess.run(
+        [vllm_python(vllm_venv), "-c",
+         "from importlib.metadata import requires, version; "
+         "print(version('torch').split('+')[0], [r for r in requires('torchvision') if r.startswith('torch')])"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert pins.returncode == 0, pins.stderr[-2000:]
+    torch_version, torch_pins = pins.stdout.split(" ", 1)
+    assert f"torch=={torch_version}" in torch_pins.replace(" (", "").replace(")", ""), pins.stdout

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ def test_server_command_line_is_the_seed_recipe(gd: GemmaDeployment, settings: S
     assert c["command"] + c["args"] == [
         "vllm", "serve", "/models/modelscope/LLM-Research--gemma-3-4b-it/master",
         "--served-model-name", "Gemma3-4b", "--port", "8000", "--max-model-len", "2048",
-        "--tensor-parallel-size", "1",
+        "--tensor-parallel-size", "1", "--limit-mm-per-prompt", '{"image":0}',
     ]
 
 
@@ -32,6 +33,42 @@ def test_optional_flags_and_extra_args_follow(gemma_body: dict[str, Any], settin
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.85"
     assert args[-1] == "--enforce-eager"
+
+
+def _image_limit(gd: GemmaDeployment, settings: Settings) -> str:
+    args = server_container(builders.build_server_deployment(gd, settings))["args"]
+    assert args.count("--limit-mm-per-prompt") == 1, args
+    value: str = args[args.index("--limit-mm-per-prompt") + 1]
+    return value
+
+
+@pytest.mark.parametrize("multimodal,limit", [
+    # Text only by default: vLLM would otherwise take 999 images per prompt and load the vision tower.
+    (None, '{"image":0}'),
+    ({}, '{"image":0}'),
+    ({"images": {}}, '{"image":0}'),
+    ({"images": {"enabled": False}}, '{"image":0}'),
+    ({"images": {"enabled": True}}, '{"image":1}'),
+    ({"images": {"enabled": True, "maxPerPrompt": 4}}, '{"image":4}'),
+])
+def test_images_per_prompt_from_spec_multimodal(
+    gemma_body: dict[str, Any], settings: Settings, multimodal: dict[str, Any] | None, limit: str,
+) -> None:
+    gd = variant(gemma_body) if multimodal is None else variant(gemma_body, multimodal=multimodal)
+    assert _image_limit(gd, settings) == limit
+    # vLLM's parser reads the value as JSON (one argument, no shell in between).
+    assert json.loads(limit) == {"image": gd.spec.multimodal.images.limit}
+
+
+def test_the_image_limit_comes_before_extra_args_and_is_the_same_with_an_api_key(
+    gemma_body: dict[str, Any], settings: Settings,
+) -> None:
+    gd = variant(gemma_body, multimodal={"images": {"enabled": True, "maxPerPrompt": 2}},
+                 apiKeySecretRef={"name": "k", "key": "api-key"}, vllm={"extraArgs": ["--enforce-eager"]})
+    args = server_container(builders.build_server_deployment(gd, settings))["args"]
+    assert args[-1] == "--enforce-eager"
+    assert args.index("--limit-mm-per-prompt") < args.index("--enforce-eager")
+    assert _image_limit(gd, settings) == '{"image":2}'
 
 
 def test_unset_max_model_len_leaves_the_flag_out(gemma_body: dict[str, Any], settings: Settings) -> None:
@@ -45,11 +82,12 @@ def test_gpu_limits_cache_readonly_shm_and_offline(gd: GemmaDeployment, settings
     dep = builders.build_server_deployment(gd, settings)
     c = server_container(dep)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    mounts = {m["name"]: m for m in c["volumeMounts"]}
-    assert mounts["model-cache"]["readOnly"] is True and mounts["model-cache"]["mountPath"] == "/models"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/models"]["name"] == "model-cache" and mounts["/models"]["readOnly"] is True
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory"}
-    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "gemma-cache", "readOnly": True}
+    # Writable only for the compile cache's subPath (test_compile_cache_*); the model mount is read-only.
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "gemma-cache"}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["HF_HUB_OFFLINE"] == "1"
     assert c["image"] == "vllm/vllm-openai:test"
@@ -89,6 +127,8 @@ def test_children_are_owned_labelled_and_named(gd: GemmaDeployment, settings: Se
         }
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "gemma-operator"
         assert meta["labels"]["app.kubernetes.io/instance"] == "gemma"
+    # Without gd.shared_cache: a claim of its own, as made before caches were shared (kept in use after an
+    # upgrade). The reconciler gives a new GemmaDeployment the model's shared cache: tests/unit/test_shared_cache.py.
     assert names[0] == ("PersistentVolumeClaim", "gemma-cache")
     assert names[1][1].startswith("gemma-download-")
     assert names[2:] == [("Deployment", "gemma"), ("Service", "gemma")]

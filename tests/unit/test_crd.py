@@ -143,3 +143,49 @@ def test_download_stall_timeout_is_bounded_described_and_defaults_like_the_spec_
     assert "DownloadStalled" in node["description"] and "retries" in node["description"]
     gd = GemmaDeployment.from_body({"metadata": {"name": "g", "namespace": "n"}, "spec": {"model": {"id": "a/b"}}})
     assert gd.spec.download.stall_timeout_seconds == node["default"]
+
+
+def test_multimodal_images_are_bounded_described_and_default_to_text_only() -> None:
+    images = _node("spec.multimodal.images")
+    enabled, per_prompt = _node("spec.multimodal.images.enabled"), _node("spec.multimodal.images.maxPerPrompt")
+    assert enabled["type"] == "boolean" and enabled["default"] is False
+    assert (per_prompt["type"], per_prompt["minimum"], per_prompt["maximum"]) == ("integer", 1, 128)
+    assert "default" not in per_prompt  # a default would trip the rule below with images off
+    assert "--limit-mm-per-prompt" in images["description"] and "vision tower" in images["description"]
+    [rule] = images["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".maxPerPrompt" and "spec.multimodal.images.enabled" in rule["message"]
+    # The spec model has the CRD's defaults: text only, one image per prompt once enabled.
+    gd = GemmaDeployment.from_body({"metadata": {"name": "g", "namespace": "n"}, "spec": {"model": {"id": "a/b"}}})
+    assert gd.spec.multimodal.images.enabled is enabled["default"] and gd.spec.multimodal.images.limit == 0
+    on = GemmaDeployment.from_body({"metadata": {"name": "g", "namespace": "n"},
+                                    "spec": {"model": {"id": "a/b"}, "multimodal": {"images": {"enabled": True}}}})
+    assert on.spec.multimodal.images.limit == per_prompt["minimum"]
+
+
+def test_extra_args_cannot_change_the_image_limit() -> None:
+    patterns = [rule_pattern(r["rule"]) for r in _node("spec.vllm.extraArgs")["x-kubernetes-validations"]]
+    # vLLM also parses dotted JSON fields (--limit-mm-per-prompt.image 2), and --language-model-only sets
+    # every limit to 0.
+    for arg in ('--limit-mm-per-prompt={"image":8}', "--limit-mm-per-prompt.image=8", "--limit_mm_per_prompt",
+                "--limit-mm-per-prompt.image 8", "--language-model-only", "--language_model_only=true"):
+        assert any(p.search(arg) for p in patterns), arg
+    for arg in ("--mm-processor-kwargs={}", "--limit-mm-per-prompts", "--mm-processor-cache-gb=4"):
+        assert not any(p.search(arg) for p in patterns), arg
+
+
+def test_the_server_pod_fields_default_like_the_spec_model() -> None:
+    """Issue 15: spec.topologySpread, spec.disruptionBudget, spec.priorityClassName, spec.vllm.compileCache."""
+    gd = GemmaDeployment.from_body({"metadata": {"name": "g", "namespace": "n"},
+                                    "spec": {"model": {"id": "a/b"}, "topologySpread": {}}})
+    spread = gd.spec.topology_spread
+    assert spread is not None
+    assert _node("spec.topologySpread.topologyKey")["default"] == spread.topology_key
+    assert _node("spec.topologySpread.maxSkew")["default"] == spread.max_skew
+    when = _node("spec.topologySpread.whenUnsatisfiable")
+    assert when["default"] == spread.when_unsatisfiable and set(when["enum"]) == {"DoNotSchedule", "ScheduleAnyway"}
+    budget = _node("spec.disruptionBudget.maxUnavailable")
+    assert budget["x-kubernetes-int-or-string"] is True and "default" not in budget
+    assert gd.spec.disruption_budget.max_unavailable == 1 and "default 1" in budget["description"]
+    assert _node("spec.priorityClassName")["type"] == "string" and gd.spec.priority_class_name is None
+    # Unset compileCache.enabled means "decide by the source" (builders.compile_cache_enabled): no CRD default.
+    assert "default" not in _node("spec.vllm.compileCache.enabled") and gd.spec.vllm.compile_cache.enabled is None

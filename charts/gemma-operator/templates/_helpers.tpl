@@ -101,6 +101,10 @@ the RBAC table in the README.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# The servers' PodDisruptionBudget while replicas > 1; deleted when they scale to 1 or 0.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
 # Download Jobs: as above, and delete: the Job of an earlier model is removed when the model changes.
 - apiGroups: [batch]
   resources: [jobs]

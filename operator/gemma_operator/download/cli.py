@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import IO, NoReturn
 
 from gemma_operator.download import env
+from gemma_operator.download.adapters import Adapter
+from gemma_operator.download.adapters import parse as parse_adapters
+from gemma_operator.download.adapters import run_all as run_adapters
 from gemma_operator.download.errors import EXIT_OK, DownloadError, UsageError, cache_error
 from gemma_operator.download.progress import EventWriter
 from gemma_operator.download.request import Request
@@ -35,8 +38,13 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m gemma_operator.download",
                 description="Download a model revision into the cache volume, verified, with a manifest.")
-    p.add_argument("--source", required=True, choices=sorted(DEFAULT_REVISION))
-    p.add_argument("--model-id", required=True, help="OWNER/NAME")
+    # Required unless --adapters is given (checked in parse: argparse cannot say "one of these groups").
+    p.add_argument("--source", choices=sorted(DEFAULT_REVISION))
+    p.add_argument("--model-id", help="OWNER/NAME")
+    p.add_argument("--adapters", help="instead of a model: a JSON list of LoRA adapters "
+                   '[{"field","name","source","id","revision","endpoint","token"}] (the operator\'s adapters Job)')
+    p.add_argument("--max-lora-rank", type=int, default=16,
+                   help="with --adapters: fail (exit 5) on an adapter of a larger rank (default 16, vLLM's)")
     p.add_argument("--revision", help="branch, tag or commit (default: master on modelscope, main on huggingface)")
     p.add_argument("--cache-root", default=CACHE_ROOT)
     p.add_argument("--endpoint", default=os.environ.get(env.ENDPOINT_ENV) or None,
@@ -58,14 +66,33 @@ def _parser() -> argparse.ArgumentParser:
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    request: Request
+    request: Request | None
     policy: RetryPolicy
     termination_log: str
     stall_timeout: float
+    adapters: tuple[Adapter, ...] = ()
+    max_lora_rank: int = 16
+    cache_root: str = CACHE_ROOT
 
 
 def parse(argv: Sequence[str]) -> Options:
     args = _parser().parse_args(argv)
+    if args.attempts < 1 or args.backoff_seconds < 0:
+        raise UsageError("--attempts must be >= 1 and --backoff-seconds >= 0")
+    if not args.stall_timeout_seconds > 0:
+        raise UsageError("--stall-timeout-seconds must be > 0")
+    policy = RetryPolicy(attempts=args.attempts, initial_delay=args.backoff_seconds)
+    cache_root = os.path.abspath(args.cache_root)
+    if args.adapters is not None:
+        if args.model_id or args.source:
+            raise UsageError("--adapters downloads adapters only: no --source or --model-id with it")
+        if args.max_lora_rank < 1:
+            raise UsageError("--max-lora-rank must be >= 1")
+        adapters = tuple(parse_adapters(args.adapters, cache_root, env.token()))
+        return Options(None, policy, args.termination_log, args.stall_timeout_seconds, adapters,
+                       args.max_lora_rank, cache_root)
+    if not args.source or not args.model_id:
+        raise UsageError("--source and --model-id are required (or --adapters)")
     if not _MODEL_ID.match(args.model_id):
         raise UsageError(f"--model-id {args.model_id!r} is not OWNER/NAME")
     if args.revision is not None and (args.revision.strip() in ("", ".", "..") or "\0" in args.revision):
@@ -73,20 +100,15 @@ def parse(argv: Sequence[str]) -> Options:
         raise UsageError(f"--revision {args.revision!r} is not a branch, tag or commit")
     if args.endpoint and not re.match(r"^https?://[^/\s]+", args.endpoint):
         raise UsageError(f"--endpoint {args.endpoint!r} is not an http(s) URL")
-    if args.attempts < 1 or args.backoff_seconds < 0:
-        raise UsageError("--attempts must be >= 1 and --backoff-seconds >= 0")
-    if not args.stall_timeout_seconds > 0:
-        raise UsageError("--stall-timeout-seconds must be > 0")
     request = Request(
         source=args.source,
         model_id=args.model_id,
         revision=args.revision or DEFAULT_REVISION[args.source],
-        cache_root=os.path.abspath(args.cache_root),
+        cache_root=cache_root,
         endpoint=args.endpoint.rstrip("/") if args.endpoint else None,
         token=env.token(),
     )
-    policy = RetryPolicy(attempts=args.attempts, initial_delay=args.backoff_seconds)
-    return Options(request, policy, args.termination_log, args.stall_timeout_seconds)
+    return Options(request, policy, args.termination_log, args.stall_timeout_seconds, cache_root=cache_root)
 
 
 def _claim_stdout() -> IO[str]:
@@ -128,11 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_root = CACHE_ROOT
     try:
         options = parse(argv)
-        termination_log, cache_root = options.termination_log, options.request.cache_root
+        termination_log, cache_root = options.termination_log, options.cache_root
         env.prepare(cache_root)
         from gemma_operator.download.runner import run
 
-        run(options.request, writer, options.policy, options.stall_timeout)
+        if options.request is None:
+            run_adapters(list(options.adapters), options.max_lora_rank, writer, options.policy, options.stall_timeout)
+        else:
+            run(options.request, writer, options.policy, options.stall_timeout)
     except DownloadError as error:
         return _fail(error, writer, termination_log)
     except OSError as err:

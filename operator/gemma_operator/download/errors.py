@@ -10,6 +10,8 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_PERMANENT = 3
 EXIT_TRANSIENT = 4
+# A LoRA adapter whose rank is larger than the servers' --max-lora-rank: the operator names it in the status.
+EXIT_ADAPTER_RANK = 5
 
 
 class Reason(str, enum.Enum):
@@ -27,6 +29,8 @@ class Reason(str, enum.Enum):
     DOWNLOAD_STALLED = "DownloadStalled"
     CACHE_NOT_WRITABLE = "CacheNotWritable"
     CACHE_FULL = "CacheFull"
+    # An adapter (spec.adapters[i]) the servers could not load: its rank is above spec.adapterSettings.maxRank.
+    ADAPTER_RANK = "AdapterRankTooLarge"
 
 
 # Permanent causes end the Job at once: retrying cannot fix a wrong model id or a missing token.
@@ -40,6 +44,7 @@ _PERMANENT = {
     # A volume that the pod's user may not write, or that is full, stays so until the spec changes.
     Reason.CACHE_NOT_WRITABLE,
     Reason.CACHE_FULL,
+    Reason.ADAPTER_RANK,
 }
 
 
@@ -63,6 +68,8 @@ class DownloadError(Exception):
     def exit_code(self) -> int:
         if self.reason is Reason.USAGE:
             return EXIT_USAGE
+        if self.reason is Reason.ADAPTER_RANK:
+            return EXIT_ADAPTER_RANK
         return EXIT_PERMANENT if self.permanent else EXIT_TRANSIENT
 
 

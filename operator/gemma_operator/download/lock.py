@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from gemma_operator.download.env import client_home
 from gemma_operator.download.progress import EventWriter
 from gemma_operator.download.request import Request
-from gemma_operator.paths import model_dir
+from gemma_operator.paths import adapter_dir, model_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,8 @@ def lock_path(request: Request) -> str:
     # Under .hub-clients, not in the model directory: the servers read that directory, and a lock file
     # there would also outlive the manifest's list of files.
     root = os.path.join(client_home(request.cache_root), "locks")
-    return model_dir(request.source, request.model_id, request.revision, root=root) + ".lock"
+    where = adapter_dir if request.adapter else model_dir
+    return where(request.source, request.model_id, request.revision, root=root) + ".lock"
 
 
 @contextlib.contextmanager

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Protocol
 
 from gemma_operator.download.errors import DownloadError
 from gemma_operator.download.listing import Listing
-from gemma_operator.paths import manifest_path, model_dir
+from gemma_operator.paths import MANIFEST_NAME, adapter_dir, model_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,14 +21,18 @@ class Request:
     endpoint: str | None = None
     # Never logged and never printed: repr is disabled so a stray log of the request cannot leak it.
     token: str | None = dataclasses.field(default=None, repr=False)
+    # A LoRA adapter (spec.adapters) rather than a model: its own directory, its own shape check.
+    adapter: bool = False
 
     @property
     def model_dir(self) -> str:
-        return model_dir(self.source, self.model_id, self.revision, root=self.cache_root)
+        """The directory of this revision on the volume (an adapter's under <root>/adapters)."""
+        where = adapter_dir if self.adapter else model_dir
+        return where(self.source, self.model_id, self.revision, root=self.cache_root)
 
     @property
     def manifest_path(self) -> str:
-        return manifest_path(self.source, self.model_id, self.revision, root=self.cache_root)
+        return os.path.join(self.model_dir, MANIFEST_NAME)
 
 
 class Source(Protocol):

@@ -78,7 +78,7 @@ def _download(request: Request, writer: EventWriter, policy: RetryPolicy, stall_
 
 def _check_shape(request: Request, listing: Listing) -> None:
     try:
-        v.check_shape(listing)
+        v.check_shape(listing, request.adapter)
     except v.VerificationFailed as failure:
         raise _integrity(request, failure) from failure
 
@@ -91,7 +91,7 @@ def _fetch_verified(request: Request, source: Source, listing: Listing, policy: 
     for chance in (1, 2):
         with_retries(lambda: fetch_watched(request, source, listing, stall_timeout), source.classify, policy)
         try:
-            return v.verify(request.model_dir, listing)
+            return v.verify(request.model_dir, listing, request.adapter)
         except v.VerificationFailed as failure:
             if chance == 2:
                 raise _integrity(request, failure) from failure

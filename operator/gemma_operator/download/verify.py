@@ -31,11 +31,16 @@ def file_digests(path: str, size: int, with_git_oid: bool) -> tuple[str, str]:
     return sha256.hexdigest(), git.hexdigest() if git is not None else ""
 
 
-def check_shape(listing: Listing) -> None:
-    """A revision vLLM can serve has a config.json and at least one weight file."""
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def check_shape(listing: Listing, adapter: bool = False) -> None:
+    """A revision vLLM can serve has a config.json (a LoRA adapter: adapter_config.json, PEFT's format) and at
+    least one weight file."""
     paths = listing.paths()
-    if "config.json" not in paths:
-        raise VerificationFailed("the repository has no config.json")
+    config = ADAPTER_CONFIG if adapter else "config.json"
+    if config not in paths:
+        raise VerificationFailed(f"the repository has no {config}" + (" (not a PEFT LoRA adapter)" if adapter else ""))
     if not any(is_weight_file(p) for p in paths):
         raise VerificationFailed("the repository has no weight files (*.safetensors, *.bin, ...)")
 
@@ -72,9 +77,9 @@ def remove_wrong_sized(model_dir: str, listing: Listing) -> None:
             os.remove(path)
 
 
-def verify(model_dir: str, listing: Listing) -> list[dict[str, Any]]:
+def verify(model_dir: str, listing: Listing, adapter: bool = False) -> list[dict[str, Any]]:
     """Verify every listed file; return the manifest's file records."""
-    check_shape(listing)
+    check_shape(listing, adapter)
     entries = sorted(listing.files, key=lambda f: f.path)
     # hashlib releases the GIL on large blocks: hashing the shards side by side uses every core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
