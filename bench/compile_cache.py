@@ -45,6 +45,8 @@ import serving_harness as harness  # noqa: E402
 
 from gemma_operator import builders  # noqa: E402
 
+from bench.report import splice_section  # noqa: E402
+
 
 def kernel_files(root: Path) -> int:
     """Files of the inductor cache (kernels, their sources, AOT-autograd entries, locks)."""
@@ -213,17 +215,6 @@ def render_section(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def splice(doc: str, section: str) -> str:
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        return head + section + rest.split(END, 1)[1]
-    anchor = "## What the numbers say"
-    if anchor in doc:
-        head, rest = doc.split(anchor, 1)
-        return head + section + "\n\n" + anchor + rest
-    return doc.rstrip("\n") + "\n\n" + section + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench.compile_cache", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -247,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render_section(result)
     if not args.no_doc:
         SECTION.write_text(section + "\n")
-        DOC.write_text(splice(DOC.read_text(), section))
+        DOC.write_text(splice_section(DOC.read_text(), section, BEGIN, END))
         print(f"wrote {SECTION.relative_to(REPO)} and its section in {DOC.relative_to(REPO)}")
 
 

@@ -427,6 +427,21 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
 
 FINDINGS = REPO / "bench" / "findings.md"
 UNRELATED = REPO / "bench" / "unrelated.md"
+
+
+def splice_section(doc: str, section: str, begin: str, end: str) -> str:
+    """doc with its section between the markers `begin` and `end` replaced by `section` (which carries the
+    markers); without them, the section goes before "What the numbers say", or at the end."""
+    if begin in doc and end in doc:
+        head, rest = doc.split(begin, 1)
+        return head + section + rest.split(end, 1)[1]
+    anchor = "## What the numbers say"
+    if anchor in doc:
+        head, rest = doc.split(anchor, 1)
+        return head + section + "\n\n" + anchor + rest
+    return doc.rstrip("\n") + "\n\n" + section + "\n"
+
+
 COMPILE_CACHE = REPO / "bench" / "compile_cache.md"
 
 

@@ -41,6 +41,7 @@ from bench import measure
 from bench.access import READ_ROLE, WRITE_ROLE, meta, operator_kubeconfig, rbac_objects, write_binding
 from bench.kubeapi import ApiError, Client, gather_bounded, path_of
 from bench.measure import Recorder, log
+from bench.report import splice_section
 from bench.scale import (
     BENCH_LABEL,
     BENCH_NODES,
@@ -418,17 +419,6 @@ def render_section(r: dict[str, Any]) -> str:
     ])
 
 
-def splice(doc: str, section: str) -> str:
-    if BEGIN in doc and END in doc:
-        head, rest = doc.split(BEGIN, 1)
-        return head + section + rest.split(END, 1)[1]
-    anchor = "## What the numbers say"
-    if anchor in doc:
-        head, rest = doc.split(anchor, 1)
-        return head + section + "\n\n" + anchor + rest
-    return doc.rstrip("\n") + "\n\n" + section + "\n"
-
-
 def print_tables(r: dict[str, Any]) -> None:
     print(table(["figure", "without", "with", "change", "within 10%"], summary_rows(r)))
     print()
@@ -522,7 +512,7 @@ async def repeated_runs(args: argparse.Namespace, cluster: kube.Cluster, setup: 
 def write_doc(result: dict[str, Any]) -> None:
     section = render_section(result)
     SECTION.write_text(section + "\n")
-    DOC.write_text(splice(DOC.read_text(), section))
+    DOC.write_text(splice_section(DOC.read_text(), section, BEGIN, END))
     log.info("wrote %s and its section in %s", SECTION.relative_to(REPO), DOC.relative_to(REPO))
 
 

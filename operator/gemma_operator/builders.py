@@ -256,24 +256,14 @@ def _download_env(gd: GemmaDeployment, settings: Settings) -> list[Manifest]:
     return env
 
 
-def build_download_job(gd: GemmaDeployment, settings: Settings, owners: list[Manifest] | None = None) -> Manifest | None:
-    """The Job that puts the model on the cache volume; None for source pvc. The Job of a shared cache is
-    owned by `owners` (default: gd alone) and made from the spec of the GemmaDeployment that came first."""
-    if not gd.needs_download:
-        return None
-    model = gd.spec.model
-    digest = download_hash(gd, settings)
-    pod_labels = (cache_labels(gd, "download") if gd.shared_cache else labels(gd, "download")) | {DOWNLOAD_HASH_LABEL: digest}
+def _downloader_pod_spec(gd: GemmaDeployment, settings: Settings, args: list[str]) -> Manifest:
+    """The pod of a download Job (the model's or the adapters'): the downloader with `args`, writing the
+    cache volume, as a restricted non-root pod without API credentials."""
     container: Manifest = {
         "name": DOWNLOAD_CONTAINER,
         "image": settings.downloader_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": [
-            "--source", model.source,
-            "--model-id", model.id,
-            "--revision", model.effective_revision,
-            "--cache-root", paths.CACHE_ROOT,
-        ],
+        "args": [*args, "--cache-root", paths.CACHE_ROOT],
         "env": _download_env(gd, settings),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": paths.CACHE_ROOT},
@@ -291,6 +281,22 @@ def build_download_job(gd: GemmaDeployment, settings: Settings, owners: list[Man
         "containers": [container],
         "volumes": [_cache_volume(gd, read_only=False), {"name": "tmp", "emptyDir": {}}],
     }
+    return pod_spec
+
+
+def build_download_job(gd: GemmaDeployment, settings: Settings, owners: list[Manifest] | None = None) -> Manifest | None:
+    """The Job that puts the model on the cache volume; None for source pvc. The Job of a shared cache is
+    owned by `owners` (default: gd alone) and made from the spec of the GemmaDeployment that came first."""
+    if not gd.needs_download:
+        return None
+    model = gd.spec.model
+    digest = download_hash(gd, settings)
+    pod_labels = (cache_labels(gd, "download") if gd.shared_cache else labels(gd, "download")) | {DOWNLOAD_HASH_LABEL: digest}
+    pod_spec = _downloader_pod_spec(gd, settings, [
+        "--source", model.source,
+        "--model-id", model.id,
+        "--revision", model.effective_revision,
+    ])
     job_spec: Manifest = {
         "backoffLimit": gd.spec.download.backoff_limit,
         "podFailurePolicy": DOWNLOAD_POD_FAILURE_POLICY,
@@ -366,32 +372,10 @@ def build_adapter_job(gd: GemmaDeployment, settings: Settings) -> Manifest | Non
     ReadWriteOnce cache it prefers the node of the servers that have the volume attached."""
     if not gd.spec.adapters:
         return None
-    container: Manifest = {
-        "name": DOWNLOAD_CONTAINER,
-        "image": settings.downloader_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "args": [
-            "--adapters", json.dumps(adapter_requests(gd, settings), separators=(",", ":")),
-            "--max-lora-rank", str(gd.spec.adapter_settings.max_rank),
-            "--cache-root", paths.CACHE_ROOT,
-        ],
-        "env": _download_env(gd, settings),
-        "volumeMounts": [
-            {"name": "model-cache", "mountPath": paths.CACHE_ROOT},
-            {"name": "tmp", "mountPath": TMP_DIR},
-        ],
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
-        "securityContext": RESTRICTED_CONTAINER_SECURITY,
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec: Manifest = {
-        "restartPolicy": "Never",
-        "securityContext": POD_SECURITY,
-        "automountServiceAccountToken": False,
-        "containers": [container],
-        "volumes": [_cache_volume(gd, read_only=False), {"name": "tmp", "emptyDir": {}}],
-    }
+    pod_spec = _downloader_pod_spec(gd, settings, [
+        "--adapters", json.dumps(adapter_requests(gd, settings), separators=(",", ":")),
+        "--max-lora-rank", str(gd.spec.adapter_settings.max_rank),
+    ])
     if cache_is_single_node(gd):
         # Preferred, not required: before the servers exist no pod matches, and a required term would
         # leave the Job unschedulable.

@@ -46,48 +46,8 @@ def test_stop_tokens_come_from_the_models_own_tokenizer(vllm_venv, tiny_model):
     assert out["image_prompt"].startswith("<start_of_turn>user\n<start_of_image>Describe this image.")
 
 
-def test_offline_generate_on_the_tiny_model(vllm_venv, tiny_model, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not SCRUB.match(k)}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"),
-        HF_HOME=str(tmp_path / "hf"),
-        VLLM_NO_USAGE_STATS="1",
-        VLLM_HOST_IP="127.0.0.1",
-    )
-    proc = subprocess.run(
-        [
-            vllm_python(vllm_venv),
-            str(EXAMPLES / "vllm_model.py"),
-            "--model",
-            str(tiny_model),
-            "--json",
-            "--max-tokens",
-            "16",
-            "--temperature",
-            "0",
-            "--enforce-eager",
-            "--kv-cache-memory-bytes",
-            "64M",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # vLLM logs to stdout too: the example's answer is its JSON line
-    out = json.loads([line for line in proc.stdout.splitlines() if line.startswith('{"prompt"')][-1])
-    assert out["stop_token_ids"] == [1, 5]
-    assert out["prompt"].startswith("<start_of_turn>user\n")
-    assert 1 <= len(out["token_ids"]) <= 16
-    assert out["finish_reason"] in ("stop", "length")
-
-
-def _run_example(vllm_venv, model, tmp_path, *extra: str) -> dict:
+def _run_example(vllm_venv, model, tmp_path, *extra: str, max_tokens: int = 4) -> dict:
+    """examples/vllm_model.py on `model` (its JSON line), eager, with a small fixed KV cache for the CPU."""
     env = {k: v for k, v in os.environ.items() if not SCRUB.match(k)}
     env.update(
         HF_HUB_OFFLINE="1",
@@ -98,13 +58,22 @@ def _run_example(vllm_venv, model, tmp_path, *extra: str) -> dict:
     )
     proc = subprocess.run(
         [vllm_python(vllm_venv), str(EXAMPLES / "vllm_model.py"), "--model", str(model), "--json",
-         "--max-tokens", "4", "--temperature", "0", "--enforce-eager", "--kv-cache-memory-bytes", "64M",
-         "--message", "Describe this image.", *extra],
+         "--max-tokens", str(max_tokens), "--temperature", "0", "--enforce-eager", "--kv-cache-memory-bytes", "64M",
+         *extra],
         check=False, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # vLLM logs to stdout too: the example's answer is its JSON line
     result: dict = json.loads([line for line in proc.stdout.splitlines() if line.startswith('{"prompt"')][-1])
     return result
+
+
+def test_offline_generate_on_the_tiny_model(vllm_venv, tiny_model, tmp_path):
+    out = _run_example(vllm_venv, tiny_model, tmp_path, max_tokens=16)
+    assert out["stop_token_ids"] == [1, 5]
+    assert out["prompt"].startswith("<start_of_turn>user\n")
+    assert 1 <= len(out["token_ids"]) <= 16
+    assert out["finish_reason"] in ("stop", "length")
 
 
 def test_offline_generate_with_an_image_on_the_tiny_vlm(vllm_venv, tiny_vlm, tmp_path):
@@ -114,8 +83,9 @@ def test_offline_generate_with_an_image_on_the_tiny_vlm(vllm_venv, tiny_vlm, tmp
 
     image = tmp_path / "image.png"
     image.write_bytes(png())
-    text = _run_example(vllm_venv, tiny_vlm, tmp_path)
-    with_image = _run_example(vllm_venv, tiny_vlm, tmp_path, "--image", str(image))
+    message = ("--message", "Describe this image.")
+    text = _run_example(vllm_venv, tiny_vlm, tmp_path, *message)
+    with_image = _run_example(vllm_venv, tiny_vlm, tmp_path, *message, "--image", str(image))
     print(f"\n[offline] prompt tokens without / with the image: {text['prompt_tokens']} / {with_image['prompt_tokens']}")
     assert with_image["image"] is True and "<start_of_image>" in with_image["prompt"]
     # What one image adds, as in the server test (make_tiny_gemma_vlm.TOKENS_PER_IMAGE explains the count).
