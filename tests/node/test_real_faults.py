@@ -156,7 +156,10 @@ def test_wrong_model_id_fails_fast_naming_the_model_and_the_hub(release: Release
     print(f"\n[node] wrong model id: apply -> DownloadFailed in {elapsed:.1f} s: {failed['message']}")
     assert WRONG_MODEL_ID in failed["message"] and "modelscope" in failed["message"].lower(), failed
     assert gemma(cluster, ns, "wrong-id")["status"]["phase"] == "Failed"
-    job = cluster.kubectl_json("get", "jobs", "-n", ns, "-l", "app.kubernetes.io/instance=wrong-id")["items"]
+    # The download Job belongs to the model's shared cache (docs/model-cache.md), named after the claim.
+    claim = gemma(cluster, ns, "wrong-id")["status"]["cache"]["claimName"]
+    job = cluster.kubectl_json("get", "jobs", "-n", ns, "-l",
+                               f"app.kubernetes.io/instance={claim},app.kubernetes.io/component=download")["items"]
     assert [j["status"].get("failed") for j in job] == [1], "the permanent failure must not be retried"
     assert elapsed < FAST_FAILURE_SECONDS
 
