@@ -34,6 +34,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("PodDisruptionBudget", "/apis/policy/v1", "poddisruptionbudgets", watched=True,
          label_selector=MANAGED_BY_SELECTOR),
     Kind("Event", "/api/v1", "events"),
+    # Only the gateway reads Secrets: its key Secrets (watched by their label) and the servers' keys.
+    Kind("Secret", "/api/v1", "secrets"),
     Kind("Lease", "/apis/coordination.k8s.io/v1", "leases"),
 )}
 

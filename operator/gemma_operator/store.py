@@ -147,6 +147,9 @@ class Store:
             if component is None or ((obj.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) == component
         ]
 
+    def all(self, kind: str) -> list[Manifest]:
+        return list(self._objects.get(kind, {}).values())
+
     def count(self, kind: str) -> int:
         return len(self._objects.get(kind, {}))
 
