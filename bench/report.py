@@ -390,8 +390,9 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
         parts.append("\nNo results yet: run `.venv/bin/python -m bench.scale --n 50`.\n")
         if UNRELATED.exists():
             parts.append(UNRELATED.read_text())
-        if COMPILE_CACHE.exists():
-            parts.append(COMPILE_CACHE.read_text())
+        for section in SECTIONS:
+            if section.exists():
+                parts.append(section.read_text())
         return "\n".join(parts)
     parts.append("## Results\n")
     runs = ", ".join(
@@ -418,8 +419,9 @@ def render(results: list[Result], label: str | None = None, findings: str = "") 
         parts.append("\n" + ba)
     if UNRELATED.exists():  # written by bench.unrelated (issue 12), from its own run
         parts.append("\n" + UNRELATED.read_text())
-    if COMPILE_CACHE.exists():  # written by bench.compile_cache (issue 15), from its own run
-        parts.append("\n" + COMPILE_CACHE.read_text())
+    for section in SECTIONS:  # each written by its own bench from its own run
+        if section.exists():
+            parts.append("\n" + section.read_text())
     if findings:
         parts.append("\n" + findings)
     return "\n".join(parts) + "\n"
@@ -443,6 +445,9 @@ def splice_section(doc: str, section: str, begin: str, end: str) -> str:
 
 
 COMPILE_CACHE = REPO / "bench" / "compile_cache.md"
+# Sections the other benches write from their own runs, in this order after the unrelated-objects one:
+# bench.compile_cache (issue 15), bench.gateway and bench.gateway_vllm (issue 13).
+SECTIONS = (COMPILE_CACHE, REPO / "bench" / "gateway.md", REPO / "bench" / "gateway_vllm.md")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import sys
 
+import aiohttp
+
 from . import httpserver, kube
-from .kinds import watched_kinds
+from .kinds import optional_kinds, watched_kinds
 from .leader import LeaderElector
 from .runtime import Runtime
 from .settings import Settings
@@ -45,7 +48,8 @@ async def run(args: argparse.Namespace) -> None:
     settings = Settings(**({"workers": args.workers} if args.workers else {}))
     # Connections: one per watch (a kind in a namespace), and two per worker (a pass applies the Service
     # and the Deployment together), so that no pass waits for a connection that a watch holds.
-    watches = len(watched_kinds()) * max(1, len(args.namespace))
+    every_kind = frozenset(k.name for k in optional_kinds())
+    watches = len(watched_kinds(every_kind)) * max(1, len(args.namespace))
     client = kube.KubeClient(kube.login(), relogin=kube.login, connections=watches + 2 * settings.workers + 8)
     try:
         await _serve(args, settings, client)
@@ -53,8 +57,26 @@ async def run(args: argparse.Namespace) -> None:
         await client.close()
 
 
+async def discover(client: kube.KubeClient) -> frozenset[str]:
+    """The optional kinds (CRDs of other projects) the API server serves; asked again, with backoff, while
+    the API server cannot be reached: nothing can be done without it, and /healthz answers meanwhile."""
+    delay = 0.5
+    while True:
+        try:
+            available = frozenset([k.name for k in optional_kinds() if await client.serves(k.name)])
+        except (kube.ApiError, aiohttp.ClientError, TimeoutError, OSError) as err:
+            log.warning("discovery failed (%s); asking again in %.1fs", err, delay)
+            await asyncio.sleep(delay)
+            delay = min(30.0, delay * 2)
+            continue
+        if available:
+            log.info("the API server serves %s: the operator creates them too", ", ".join(sorted(available)))
+        return available
+
+
 async def _serve(args: argparse.Namespace, settings: Settings, client: kube.KubeClient) -> None:
     await httpserver.start(args.http_port)
+    settings = dataclasses.replace(settings, available_kinds=await discover(client))
     tasks: list[asyncio.Task[None]] = []
     elector: LeaderElector | None = None
     if args.leader_election:

@@ -688,6 +688,47 @@ def build_auth_configmap(gd: GemmaDeployment) -> Manifest | None:
     }
 
 
+def build_server_network_policy(gd: GemmaDeployment, settings: Settings) -> Manifest | None:
+    """With the chart's gateway on, the servers admit only the gateway's pods (and the peers the chart
+    adds, e.g. Prometheus for /metrics): no route of a server can be reached around the gateway's keys.
+    It binds only where the network plugin enforces NetworkPolicy (docs/gateway.md); the kubelet's probes
+    come from the node, which plugins do not filter. None without a gateway: nothing then restricts who
+    may call the Service."""
+    if not settings.gateway_url or not settings.gateway_network_policy:
+        return None
+    gateway = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.gateway_namespace}},
+               "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(gd, gd.name, "server"),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(gd)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [gateway, *settings.gateway_extra_peers],
+                         "ports": [{"port": PORT, "protocol": "TCP"}]}],
+        },
+    }
+
+
+def build_inference_pool(gd: GemmaDeployment, settings: Settings) -> Manifest | None:
+    """The Gateway API Inference Extension's InferencePool of the servers (v1, as v1.6 serves it), where
+    its CRD is installed: users of Envoy Gateway, kgateway or Istio route to the model with their own
+    gateway and endpoint picker. None where the API server does not serve it."""
+    if "InferencePool" not in settings.available_kinds:
+        return None
+    spec: Manifest = {"selector": {"matchLabels": selector_labels(gd)}, "targetPorts": [{"number": PORT}]}
+    picker = gd.spec.gateway.endpoint_picker
+    if picker is not None:
+        spec["endpointPickerRef"] = {"name": picker.name, "port": {"number": picker.port}}
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": "InferencePool",
+        "metadata": _metadata(gd, gd.name, "server"),
+        "spec": spec,
+    }
+
+
 def build_service(gd: GemmaDeployment) -> Manifest:
     """The OpenAI endpoint: http://<name>.<namespace>.svc.cluster.local:8000/v1."""
     return {

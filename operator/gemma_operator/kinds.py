@@ -20,6 +20,8 @@ class Kind:
     watched: bool = False
     # Sent to the API server with the list and the watch, so others' objects never reach the operator.
     label_selector: str = ""
+    # Served only where a CRD of another project is installed: handled only when discovery finds it.
+    optional: bool = False
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
@@ -33,6 +35,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("Pod", "/api/v1", "pods", watched=True, label_selector=MANAGED_BY_SELECTOR),
     Kind("PodDisruptionBudget", "/apis/policy/v1", "poddisruptionbudgets", watched=True,
          label_selector=MANAGED_BY_SELECTOR),
+    Kind("NetworkPolicy", "/apis/networking.k8s.io/v1", "networkpolicies", watched=True,
+         label_selector=MANAGED_BY_SELECTOR),
+    # The Gateway API Inference Extension's pool, where its CRD is installed (docs/gateway.md).
+    Kind("InferencePool", "/apis/inference.networking.k8s.io/v1", "inferencepools", watched=True,
+         label_selector=MANAGED_BY_SELECTOR, optional=True),
     Kind("Event", "/api/v1", "events"),
     # Only the gateway reads Secrets: its key Secrets (watched by their label) and the servers' keys.
     Kind("Secret", "/api/v1", "secrets"),
@@ -40,5 +47,10 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
 )}
 
 
-def watched_kinds() -> list[Kind]:
-    return [k for k in KINDS.values() if k.watched]
+def watched_kinds(available: frozenset[str] = frozenset()) -> list[Kind]:
+    """available: the optional kinds the API server serves (kube.KubeClient.serves)."""
+    return [k for k in KINDS.values() if k.watched and (not k.optional or k.name in available)]
+
+
+def optional_kinds() -> list[Kind]:
+    return [k for k in KINDS.values() if k.optional]

@@ -206,6 +206,18 @@ class KubeClient:
                 return None
             raise
 
+    async def serves(self, kind: str) -> bool:
+        """Whether the API server serves `kind` (its group-version's discovery document lists it): for the
+        kinds of CRDs that may not be installed."""
+        prefix, plural = RESOURCES[kind]
+        try:
+            found: Manifest = await self._request("discover", "GET", prefix, plural)
+        except ApiError as err:
+            if err.status in (403, 404):
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     async def create(self, kind: str, namespace: str | None, body: Manifest) -> Manifest:
         result: Manifest = await self._request("create", "POST", resource_path(kind, namespace), RESOURCES[kind][1], body=body)
         return result

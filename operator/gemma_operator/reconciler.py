@@ -119,7 +119,7 @@ class Reconciler:
             return None
         gd = self.caches.with_cache(gd)
         observed = await self._converge(gd, previous)
-        new = status.compute_status(gd, observed, previous, now())
+        new = status.compute_status(gd, observed, previous, now(), self.settings.gateway_url)
         await self._write_status(body, previous, new)
         return self._look_again_in(gd, observed)
 
@@ -175,7 +175,15 @@ class Reconciler:
         if budget is not None:
             wanted.append(budget)
         else:
-            await self._delete_disruption_budget(gd)
+            await self._delete_owned("PodDisruptionBudget", gd, "replicas <= 1")
+        pool = builders.build_inference_pool(gd, self.settings)
+        if pool is not None:
+            wanted.append(pool)
+        policy = builders.build_server_network_policy(gd, self.settings)
+        if policy is not None:
+            wanted.append(policy)
+        else:
+            await self._delete_owned("NetworkPolicy", gd, "no gateway")
         observed = await self._observe(gd, previous, None, read_progress=False)
         mounted = None
         if status.model_ready(gd, observed):
@@ -217,16 +225,17 @@ class Reconciler:
         log.info("applying %s %s/%s", kind, meta["namespace"], meta["name"])
         self.store.record_write(kind, await self.client.apply(desired))
 
-    async def _delete_disruption_budget(self, gd: GemmaDeployment) -> None:
-        """The servers' PodDisruptionBudget exists only with replicas > 1 (builders.build_disruption_budget).
-        Deleted only when this GemmaDeployment made it (its owner reference), not on labels alone: a budget
-        someone else made under that name protects their pods, and is none of ours to remove."""
-        budget = self.store.get("PodDisruptionBudget", gd.namespace, gd.name)
-        if budget is None or budget["metadata"].get("deletionTimestamp"):
+    async def _delete_owned(self, kind: str, gd: GemmaDeployment, why: str) -> None:
+        """A child that exists only under a condition (the budget with replicas > 1, the NetworkPolicy with
+        a gateway), deleted when the condition ends. Only when this GemmaDeployment made it (its owner
+        reference), not on labels alone: a budget or policy someone else made under that name protects
+        their pods, and is none of ours to remove."""
+        child = self.store.get(kind, gd.namespace, gd.name)
+        if child is None or child["metadata"].get("deletionTimestamp"):
             return
-        if any(ref.get("uid") == gd.uid for ref in budget["metadata"].get("ownerReferences") or []):
-            log.info("deleting PodDisruptionBudget %s/%s (replicas <= 1)", gd.namespace, gd.name)
-            await self.client.delete("PodDisruptionBudget", gd.namespace, gd.name, uid=budget["metadata"].get("uid"))
+        if any(ref.get("uid") == gd.uid for ref in child["metadata"].get("ownerReferences") or []):
+            log.info("deleting %s %s/%s (%s)", kind, gd.namespace, gd.name, why)
+            await self.client.delete(kind, gd.namespace, gd.name, uid=child["metadata"].get("uid"))
 
     async def _delete_stale_jobs(self, gd: GemmaDeployment, current: str, component: str = "download") -> None:
         for job in self.store.children("Job", gd.namespace, gd.name, component):

@@ -100,7 +100,7 @@ class Runtime:
         """One list-then-watch per watched kind and namespace (one cluster-wide watch without namespaces)."""
         scopes: list[str | None] = list(namespaces) or [None]
         self._reflectors = [Reflector(self.client, kind, ns, self.on_event, self.on_list)
-                            for kind in watched_kinds() for ns in scopes]
+                            for kind in watched_kinds(self.settings.available_kinds) for ns in scopes]
         return [asyncio.create_task(r.run(), name=f"reflector-{r.kind.plural}-{r.namespace or 'all'}")
                 for r in self._reflectors]
 

@@ -144,6 +144,19 @@ class TopologySpreadSpec(_Model):
     when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = "DoNotSchedule"
 
 
+class EndpointPickerSpec(_Model):
+    # The endpoint picker (EPP) Service of the InferencePool: the Gateway API Inference Extension's.
+    name: str
+    port: int = 9002
+
+
+class GatewaySpec(_Model):
+    # How the gateway balances this model's requests over its servers (gateway/balancer.py).
+    policy: Literal["PrefixHash", "LeastLoaded"] = "PrefixHash"
+    # Where the InferencePool is made (its CRD installed): the picker its gateway asks; None: none named.
+    endpoint_picker: EndpointPickerSpec | None = None
+
+
 class GemmaDeploymentSpec(_Model):
     model: ModelSpec
     served_model_name: str | None = None
@@ -166,6 +179,7 @@ class GemmaDeploymentSpec(_Model):
     disruption_budget: DisruptionBudgetSpec = Field(default_factory=DisruptionBudgetSpec)
     adapters: tuple[AdapterSpec, ...] = ()
     adapter_settings: AdapterSettingsSpec = Field(default_factory=AdapterSettingsSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
 
 
 class GemmaDeployment(_Model):

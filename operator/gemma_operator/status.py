@@ -522,8 +522,9 @@ def conditions(findings: dict[str, Finding], previous: list[Manifest], generatio
     return result
 
 
-def compute_status(gd: GemmaDeployment, obs: Observed, previous: Manifest, now: str) -> Manifest:
-    """The whole status of a GemmaDeployment from what its children report."""
+def compute_status(gd: GemmaDeployment, obs: Observed, previous: Manifest, now: str, gateway_url: str = "") -> Manifest:
+    """The whole status of a GemmaDeployment from what its children report; gateway_url: the gateway's
+    base URL, when the chart installs one."""
     v = verdict(gd, obs)
     dep_status = (obs.deployment or {}).get("status") or {}
     ready = int(dep_status.get("readyReplicas") or 0)
@@ -540,6 +541,7 @@ def compute_status(gd: GemmaDeployment, obs: Observed, previous: Manifest, now: 
         "download": download,
         "cache": cache_block(gd, obs),
         **({"adapters": adapters} if (adapters := adapters_block(gd, obs)) else {}),
+        **({"gateway": {"url": gateway_url, "model": gd.served_model_name}} if gateway_url else {}),
         "progress": f"{download['percent']}%" if "percent" in download else "-",
         "conditions": conditions(v.findings, list(previous.get("conditions") or []), gd.generation, now),
     }

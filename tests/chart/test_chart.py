@@ -31,6 +31,8 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set", "operator.vllmImage=vllm/vllm-openai:v0.31.0", "--set", "operator.logLevel=DEBUG",
         "--set", "operator.modelscopeEndpoint=http://hub-mirror.internal:8080",
         "--set", "image.digest=sha256:" + "a" * 64, "--set", "priorityClassName=system-cluster-critical",
+        "--set", "gateway.enabled=true", "--set", "gateway.service.type=LoadBalancer",
+        "--set-json", 'gateway.serverNetworkPolicy.extraIngressFrom=[{"namespaceSelector":{"matchLabels":{"name":"monitoring"}}}]',
         "--api-versions", "monitoring.coreos.com/v1", "--api-versions", "gemma.ai/v1alpha1/GemmaDeployment",
         "--set-json", ('gemmaDeployments=[{"name":"gemma","namespace":"ml","spec":'
                        '{"model":{"id":"LLM-Research/gemma-3-4b-it"},"servedModelName":"Gemma3-4b","maxModelLen":2048}}]'),
@@ -225,7 +227,7 @@ def test_default_deployment_is_secure_and_probed(render: Render) -> None:
 
 def test_values_reach_the_operator(render: Render) -> None:
     out = render(*VALUE_SETS["everything"])
-    dep = by_kind(out, "Deployment")[0]
+    dep = next(d for d in by_kind(out, "Deployment") if d["metadata"]["name"] == "gemma-operator")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["GEMMA_VLLM_IMAGE"] == "vllm/vllm-openai:v0.31.0"
@@ -239,6 +241,31 @@ def test_values_reach_the_operator(render: Render) -> None:
         "kubernetes.io/hostname"
     (gd,) = by_kind(out, "GemmaDeployment")
     assert gd["metadata"]["namespace"] == "ml" and gd["spec"]["servedModelName"] == "Gemma3-4b"
+
+
+def test_the_gateway_is_off_by_default_and_on_it_is_what_the_operators_policies_admit(render: Render) -> None:
+    assert not [d for d in docs(render()) if "gateway" in d["metadata"]["name"]]
+    out = render(*VALUE_SETS["everything"])
+    deployments = {d["metadata"]["name"]: d for d in by_kind(out, "Deployment")}
+    gateway, operator = deployments["gemma-operator-gateway"], deployments["gemma-operator"]
+    pod = gateway["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "gemma_operator.gateway"]
+    assert container["image"] == operator["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert "--key-namespace=gemma-system" in container["args"] and "--no-auth" not in container["args"]
+    assert pod["spec"]["serviceAccountName"] == "gemma-operator-gateway"
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["GEMMA_GATEWAY_URL"] == "http://gemma-operator-gateway.gemma-system.svc.cluster.local:8000/v1"
+    assert env["GEMMA_GATEWAY_NAMESPACE"] == "gemma-system"
+    # The operator's NetworkPolicies select the gateway pods by these labels: they must be the pods' own.
+    wanted = dict(pair.split("=") for pair in env["GEMMA_GATEWAY_POD_LABELS"].split(","))
+    assert wanted.items() <= pod["metadata"]["labels"].items()
+    assert wanted == gateway["spec"]["selector"]["matchLabels"]
+    assert not wanted.items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    assert json.loads(env["GEMMA_GATEWAY_EXTRA_PEERS"]) == [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]
+    (service,) = [d for d in by_kind(out, "Service") if d["metadata"]["name"] == "gemma-operator-gateway"]
+    assert service["spec"]["type"] == "LoadBalancer" and service["spec"]["selector"] == wanted
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"openai": 8000, "http": 8080}
 
 
 def test_monitors_need_the_prometheus_operator_api(render: Render) -> None:

@@ -178,6 +178,13 @@ def test_rbac_has_no_risky_rules(render: Render, values: list[str]) -> None:
         for rule in role["rules"]:
             where = f"{role['kind']}/{role['metadata']['name']} {rule}"
             assert not DANGEROUS_VERBS & set(rule["verbs"]), where
+            if rule["resources"] == ["secrets"] and role["metadata"]["name"].endswith(("-gateway", "-gateway-keys")):
+                # The gateway alone reads Secrets: its key Secrets (list, watch; release namespace only)
+                # and the servers' keys (get). Never a write.
+                keys = role["metadata"]["name"].endswith("-keys")
+                assert set(rule["verbs"]) == ({"list", "watch"} if keys else {"get"}), where
+                assert not keys or role["kind"] == "Role", where
+                continue
             assert not FORBIDDEN_RESOURCES & set(rule["resources"]), where
             assert "*" not in rule["apiGroups"], where
             if "configmaps" in rule["resources"]:
@@ -195,13 +202,16 @@ def test_rbac_has_no_risky_rules(render: Render, values: list[str]) -> None:
 
 
 def test_namespaced_mode_has_no_cluster_wide_rights(render: Render) -> None:
-    manifests = docs(render("--set", "watchNamespaces={team-a,team-b}"))
+    manifests = docs(render("--set", "watchNamespaces={team-a,team-b}", "--set", "gateway.enabled=true"))
     assert not [d for d in manifests if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in manifests if d["kind"] == "Role"}
     assert roles == {("team-a", "gemma-operator"), ("team-b", "gemma-operator"),
-                     ("gemma-system", "gemma-operator-leader-election")}
-    args = next(d for d in manifests if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
+                     ("gemma-system", "gemma-operator-leader-election"),
+                     ("team-a", "gemma-operator-gateway"), ("team-b", "gemma-operator-gateway"),
+                     ("gemma-system", "gemma-operator-gateway-keys")}
+    for deployment in (d for d in manifests if d["kind"] == "Deployment"):
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
 
 
 def pod_specs(manifests: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -269,6 +279,8 @@ def test_dockerfile_passes_hadolint(dockerfile: Path) -> None:
 # and shared_cache: the writes). A kind added to the registry without its rule fails here, not in a cluster.
 OPERATOR_VERBS = {
     "poddisruptionbudgets": {"get", "list", "watch", "create", "patch", "delete"},  # the servers' budget (issue 15)
+    "networkpolicies": {"get", "list", "watch", "create", "patch", "delete"},  # gateway-only ingress (issue 13)
+    "inferencepools": {"get", "list", "watch", "create", "patch"},  # where the extension's CRD is (issue 13)
 }
 
 

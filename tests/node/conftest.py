@@ -43,7 +43,7 @@ CHART = REPO / "charts" / "gemma-operator"
 HELM_ENV = {"HELM_CACHE_HOME": "/tmp/gemma-helm/cache", "HELM_CONFIG_HOME": "/tmp/gemma-helm/config",
             "HELM_DATA_HOME": "/tmp/gemma-helm/data"}
 # Namespaces of the node tests, one per purpose; the operator release watches exactly these.
-PURPOSES = ("failover", "serve", "faults", "blocked")
+PURPOSES = ("failover", "serve", "faults", "blocked", "gateway")
 LEASE_SECONDS = 15  # gemma_operator.leader.LeaderElector's default duration
 
 
@@ -117,9 +117,9 @@ class Release:
     def pods(self, include_terminating: bool = False) -> list[dict]:
         """The operator's pods (not the helm test's)."""
         return [p for p in self.cluster.kubectl_json(
-            "get", "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={self.name},app.kubernetes.io/name=gemma-operator"
-        )["items"] if (include_terminating or not p["metadata"].get("deletionTimestamp"))
-            and p["metadata"]["labels"].get("app.kubernetes.io/component") != "test"]
+            "get", "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={self.name},app.kubernetes.io/name=gemma-operator,"
+            "app.kubernetes.io/component=operator"
+        )["items"] if include_terminating or not p["metadata"].get("deletionTimestamp")]
 
     def ready_pods(self) -> list[dict]:
         return [p for p in self.pods() if is_ready(p)]
@@ -157,6 +157,9 @@ def release(real_node: kube.Cluster, images: dict[str, str], hub: ModelScopeHub,
             # Download progress is read from the download pod's log this often (seconds).
             "extraEnv": [{"name": "GEMMA_PROGRESS_INTERVAL_SECONDS", "value": "2"}],
         },
+        # The gateway in front of every model of the release (tests/node/test_gateway.py); one replica, so
+        # that its /metrics counts every request.
+        "gateway": {"enabled": True, "replicaCount": 1},
     }
     values_file = tmp_path_factory.mktemp("release") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))

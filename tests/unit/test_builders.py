@@ -263,3 +263,38 @@ def test_download_job_passes_the_stall_timeout_the_downloader_reads(
     # The downloader, started with the Job's args and environment, uses it.
     monkeypatch.setenv(cli.STALL_TIMEOUT_ENV, env[cli.STALL_TIMEOUT_ENV])
     assert cli.parse(c["args"]).stall_timeout == 120
+
+
+def test_with_a_gateway_the_servers_admit_only_its_pods_and_the_extra_peers(gd: GemmaDeployment) -> None:
+    assert builders.build_server_network_policy(gd, Settings()) is None, "no gateway: no policy"
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    on = Settings(gateway_url="http://gw.gemma-system.svc:8000/v1", gateway_namespace="gemma-system",
+                  gateway_pod_labels={"app.kubernetes.io/component": "gateway"}, gateway_extra_peers=(prometheus,))
+    policy = builders.build_server_network_policy(gd, on)
+    assert policy is not None
+    assert policy["spec"]["podSelector"]["matchLabels"] == builders.selector_labels(gd)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gemma-system"}},
+                             "podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}}},
+                            prometheus]
+    off = Settings(gateway_url="http://gw:8000/v1", gateway_network_policy=False)
+    assert builders.build_server_network_policy(gd, off) is None
+
+
+def test_gateway_settings_parse_the_charts_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GEMMA_GATEWAY_POD_LABELS", "app.kubernetes.io/name=gemma-operator,app.kubernetes.io/component=gateway")
+    monkeypatch.setenv("GEMMA_GATEWAY_EXTRA_PEERS", '[{"podSelector": {}}]')
+    monkeypatch.setenv("GEMMA_GATEWAY_NETWORK_POLICY", "false")
+    s = Settings()
+    assert s.gateway_pod_labels == {"app.kubernetes.io/name": "gemma-operator", "app.kubernetes.io/component": "gateway"}
+    assert s.gateway_extra_peers == ({"podSelector": {}},) and s.gateway_network_policy is False
+
+
+def test_the_gateway_policy_is_parsed_and_a_wrong_one_refused(gemma_body: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+    assert variant(gemma_body).spec.gateway.policy == "PrefixHash"
+    assert variant(gemma_body, gateway={"policy": "LeastLoaded"}).spec.gateway.policy == "LeastLoaded"
+    with pytest.raises(ValidationError):
+        variant(gemma_body, gateway={"policy": "Random"})

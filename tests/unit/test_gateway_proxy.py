@@ -21,15 +21,16 @@ from gemma_operator.gateway.proxy import Gateway, State
 from gemma_operator.gateway.routes import Backend, Route, ServerKey, Table
 
 
-
 def secret(name: str, key: str, models: str | None = None) -> dict[str, Any]:
     data = {"key": key} | ({"models": models} if models else {})
     return {"metadata": {"name": name, "namespace": "gemma-system"},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
-def stand_in(name: str, seen: list[dict[str, Any]], die_after: int | None = None) -> web.Application:
-    """An OpenAI server that answers as `name`; streams 5 chunks; dies mid-stream after `die_after` chunks."""
+def stand_in(name: str, seen: list[dict[str, Any]], die_after: int | None = None,
+             delay: float = 0.0) -> web.Application:
+    """An OpenAI server that answers as `name`; streams 5 chunks `delay` s apart; dies mid-stream after
+    `die_after` chunks."""
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         seen.append({"server": name, "model": body["model"], "auth": request.headers.get("Authorization")})
@@ -47,6 +48,7 @@ def stand_in(name: str, seen: list[dict[str, Any]], die_after: int | None = None
             chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "delta": {"content": f"{name}{i} "}, "finish_reason": None}]}
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            await asyncio.sleep(delay)
         await response.write(b"data: [DONE]\n\n")
         return response
 
@@ -77,12 +79,12 @@ Scenario = Callable[[str, State, list[dict[str, Any]], list[str]], Awaitable[Non
 
 
 def run(scenario: Scenario, servers: int = 3, die_after: dict[int, int] | None = None,
-        auth: bool = False) -> None:
+        auth: bool = False, delay: float = 0.0) -> None:
     async def main() -> None:
         seen: list[dict[str, Any]] = []
-        async with serving(stand_in("s0", seen, (die_after or {}).get(0))) as s0, \
-                serving(stand_in("s1", seen, (die_after or {}).get(1))) as s1, \
-                serving(stand_in("s2", seen, (die_after or {}).get(2))) as s2:
+        async with serving(stand_in("s0", seen, (die_after or {}).get(0), delay)) as s0, \
+                serving(stand_in("s1", seen, (die_after or {}).get(1), delay)) as s1, \
+                serving(stand_in("s2", seen, (die_after or {}).get(2), delay)) as s2:
             urls = [s0, s1, s2][:servers]
             state = State(auth_required=auth)
             async with serving(Gateway(state).app()) as gateway:
@@ -184,3 +186,41 @@ def test_a_replica_that_refuses_connections_is_skipped_and_the_request_retried_o
         statuses = [(await _post(gateway, {"model": "Gemma3-4b", "messages": []}))[0] for _ in range(10)]
         assert statuses == [200] * 10 and len(seen) == 10
     run(scenario, servers=1)
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_metrics_count_requests_errors_and_the_added_latency_per_model() -> None:
+    async def scenario(gateway: str, state: State, seen: list[dict[str, Any]], urls: list[str]) -> None:
+        state.table = Table({"Metered": route("Metered", urls[:1])})
+        before = {"ok": _sample("gemma_gateway_requests_total", model="Metered", code="200"),
+                  "unknown": _sample("gemma_gateway_errors_total", model="-", error="model_not_found"),
+                  "timed": _sample("gemma_gateway_added_latency_seconds_count", model="Metered")}
+        for i in range(3):
+            assert (await _post(gateway, {"model": "Metered", "messages": [{"role": "user", "content": str(i)}]}))[0] == 200
+        assert (await _post(gateway, {"model": f"nonsense-{id(state)}", "messages": []}))[0] == 404
+        assert _sample("gemma_gateway_requests_total", model="Metered", code="200") - before["ok"] == 3
+        assert _sample("gemma_gateway_added_latency_seconds_count", model="Metered") - before["timed"] == 3
+        # An unknown model counts under "-": callers cannot grow the label set.
+        assert _sample("gemma_gateway_errors_total", model="-", error="model_not_found") - before["unknown"] == 1
+        assert _sample("gemma_gateway_in_flight_requests", model="Metered") == 0
+    run(scenario, servers=1)
+
+
+def test_a_client_that_leaves_mid_stream_does_not_take_the_replica_out_of_rotation() -> None:
+    async def scenario(gateway: str, state: State, seen: list[dict[str, Any]], urls: list[str]) -> None:
+        state.table = Table({"Gemma3-4b": route("Gemma3-4b", urls[:2])})
+        body = {"model": "Gemma3-4b", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        gone = _sample("gemma_gateway_client_disconnects_total", model="Gemma3-4b")
+        for _ in range(3):  # each reads the first chunk, then hangs up
+            async with aiohttp.ClientSession() as s, s.post(f"{gateway}/v1/chat/completions", json=body) as r:
+                assert (await r.content.readline()).startswith(b"data: ")
+        await asyncio.sleep(0.3)  # the stand-in's next chunks meet the closed client (0.05 s apart)
+        assert state.ejected == {}, "a client hanging up is not the replica's failure"
+        assert _sample("gemma_gateway_client_disconnects_total", model="Gemma3-4b") - gone >= 1
+        statuses = [(await _post(gateway, {"model": "Gemma3-4b", "messages": []}))[0] for _ in range(6)]
+        assert statuses == [200] * 6 and state.ejected == {}
+    run(scenario, servers=2, delay=0.05)

@@ -60,6 +60,16 @@ def test_a_model_without_ready_servers_keeps_its_route_with_the_phase_and_reason
     assert errors.not_ready(route, 5).headers()["Retry-After"] == "5"
 
 
+def test_a_degraded_model_answers_with_what_is_wrong_not_with_the_conditions_that_follow() -> None:
+    status = {"phase": "Degraded", "conditions": [
+        {"type": "ModelReady", "status": "True", "reason": "Downloaded", "message": "ok"},
+        {"type": "Available", "status": "False", "reason": "NoReplicasReady", "message": "0/1 ready"},
+        {"type": "Degraded", "status": "True", "reason": "PodsUnschedulable", "message": "0/1 ready: Insufficient nvidia.com/gpu"}]}
+    route = routing_table([gemma("big", "Big", status=status)], []).routes["Big"]
+    assert (route.reason, route.phase) == ("PodsUnschedulable", "Degraded")
+    assert "Insufficient nvidia.com/gpu" in json.loads(errors.not_ready(route, 5).body())["error"]["message"]
+
+
 def test_a_name_claimed_twice_stays_with_the_older_resource() -> None:
     table = routing_table([gemma("new", "Shared", created="2026-12-02T00:00:00Z"),
                            gemma("old", "Shared", ns="team", created="2026-12-01T00:00:00Z")], [])
@@ -154,3 +164,13 @@ def test_error_bodies_are_openai_shaped_and_name_what_to_do() -> None:
         assert error.status == status and set(body["error"]) == {"message", "type", "param", "code"}
     assert "Gemma3-4b, Other" in json.loads(errors.unknown_model("Gema3", ["Gemma3-4b", "Other"]).body())["error"]["message"]
     assert errors.missing_key().headers()["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_static_table_routes_each_model_to_the_given_servers_and_refuses_a_malformed_spec() -> None:
+    import pytest
+    from gemma_operator.gateway.routes import static_table
+    table = static_table(["a=http://127.0.0.1:1,http://127.0.0.1:2/", "b=http://127.0.0.1:3"], LEAST_LOADED)
+    assert [b.url for b in table.routes["a"].backends] == ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    assert table.routes["b"].policy == LEAST_LOADED and table.routes["b"].ready
+    with pytest.raises(ValueError, match="expected model=http"):
+        static_table(["no-urls"])

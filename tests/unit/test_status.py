@@ -292,3 +292,11 @@ def test_existing_claim_wait_names_the_claim(gemma_body: dict[str, Any]) -> None
     degraded = cond(status.compute_status(gd, obs, {}, LATER), "Degraded")
     assert degraded["reason"] == "CacheVolumeUnavailable"
     assert "claim weights" in degraded["message"] and "ReadWriteMany" in degraded["message"]
+
+
+def test_status_gives_the_gateway_url_and_model_only_when_there_is_a_gateway(gd: GemmaDeployment) -> None:
+    obs = status.Observed(job=job("Complete"), deployment=deployment(1, 1), pvc={"status": {"phase": "Bound"}})
+    assert "gateway" not in status.compute_status(gd, obs, {}, NOW)
+    url = "http://gemma-operator-gateway.gemma-system.svc.cluster.local:8000/v1"
+    st = status.compute_status(gd, obs, {}, NOW, gateway_url=url)
+    assert st["gateway"] == {"url": url, "model": gd.served_model_name}

@@ -105,6 +105,16 @@ the RBAC table in the README.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
+# With the gateway on (gateway.enabled), a NetworkPolicy per GemmaDeployment that admits only the
+# gateway to its servers. Watched also with the gateway off: the policies it made are then deleted.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+# Where the Gateway API Inference Extension is installed, an InferencePool per GemmaDeployment
+# (discovery tells the operator at start; without the CRD these rules are never used).
+- apiGroups: [inference.networking.k8s.io]
+  resources: [inferencepools]
+  verbs: [get, list, watch, create, patch]
 # Download Jobs: as above, and delete: the Job of an earlier model is removed when the model changes.
 - apiGroups: [batch]
   resources: [jobs]
@@ -122,4 +132,24 @@ the RBAC table in the README.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+{{- end }}
+
+{{/* Labels that select the gateway pods (immutable): the operator's NetworkPolicies admit these. */}}
+{{- define "gemma-operator.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "gemma-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "gemma-operator.gatewayLabels" -}}
+helm.sh/chart: {{ include "gemma-operator.chart" . }}
+{{ include "gemma-operator.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gemma-operator
+{{- end }}
+
+{{/* The gateway's OpenAI base URL, for status.gateway.url. */}}
+{{- define "gemma-operator.gatewayURL" -}}
+{{- printf "http://%s-gateway.%s.svc.cluster.local:%d/v1" (include "gemma-operator.fullname" .) .Release.Namespace (int .Values.gateway.port) }}
 {{- end }}

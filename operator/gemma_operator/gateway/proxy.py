@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from . import errors
+from . import metrics as m
 from .balancer import Balancer, prefix_key
 from .keys import Grant, bearer, grant_for
 from .routes import Backend, Route, ServerKey, Table
@@ -81,6 +82,7 @@ class Gateway:
         return web.json_response({"object": "list", "data": data})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
         caller = self._caller(request)
         if isinstance(caller, errors.GatewayError):
             return _error(caller)
@@ -91,13 +93,20 @@ class Gateway:
         model = body.get("model") if body else None
         if not isinstance(model, str) or not model:
             return _error(errors.no_model(request.path))
-        allowed = sorted(m for m in self.state.table.routes if caller is None or caller.allows(m))
-        if caller is not None and not caller.allows(model):
-            return _error(errors.model_not_allowed(model, allowed))
         route = self.state.table.routes.get(model)
+        label = model if route is not None else m.UNKNOWN
+        allowed = sorted(name for name in self.state.table.routes if caller is None or caller.allows(name))
+        if caller is not None and not caller.allows(model):
+            return _error(errors.model_not_allowed(model, allowed), label)
         if route is None:
-            return _error(errors.unknown_model(model, allowed))
-        return await self._forward(request, route, raw, prefix_key(body or {}))
+            return _error(errors.unknown_model(model, allowed), label)
+        m.IN_FLIGHT.labels(model).inc()
+        try:
+            response = await self._forward(request, route, raw, prefix_key(body or {}), received)
+        finally:
+            m.IN_FLIGHT.labels(model).dec()
+        m.REQUESTS.labels(model, str(response.status)).inc()
+        return response
 
     def _ejected(self) -> frozenset[str]:
         now = time.monotonic()
@@ -105,7 +114,8 @@ class Gateway:
             del self.state.ejected[url]
         return frozenset(self.state.ejected)
 
-    async def _forward(self, request: web.Request, route: Route, raw: bytes, key: str) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, route: Route, raw: bytes, key: str,
+                       received: float) -> web.StreamResponse:
         tried: set[str] = set()
         detail = "no ready replica"
         for _ in range(2):
@@ -115,17 +125,18 @@ class Gateway:
             tried.add(backend.url)
             self.balancer.started(backend)
             try:
-                response = await self._stream(request, route, backend, raw)
+                response = await self._stream(request, route, backend, raw, received)
             except (aiohttp.ClientConnectionError, TimeoutError) as err:
                 self.state.ejected[backend.url] = time.monotonic() + EJECT_SECONDS
+                m.UPSTREAM_FAILURES.labels(route.model, "connect").inc()
                 detail = f"{backend.pod}: {type(err).__name__}"
                 continue
             finally:
                 self.balancer.finished(backend)
             return response
         if not route.backends:
-            return _error(errors.not_ready(route, RETRY_AFTER_SECONDS))
-        return _error(errors.upstream_failed(route, detail))
+            return _error(errors.not_ready(route, RETRY_AFTER_SECONDS), route.model, counted=False)
+        return _error(errors.upstream_failed(route, detail), route.model, counted=False)
 
     def _headers(self, request: web.Request, route: Route) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
@@ -133,29 +144,55 @@ class Gateway:
             headers["Authorization"] = f"Bearer {self.state.server_keys.get(route.server_key, '')}"
         return headers
 
-    async def _stream(self, request: web.Request, route: Route, backend: Backend, raw: bytes) -> web.StreamResponse:
-        """Connection failures before the answer starts raise (the caller tries another replica); a break
-        after it started ejects the replica and ends the answer where it broke."""
+    async def _stream(self, request: web.Request, route: Route, backend: Backend, raw: bytes,
+                      received: float) -> web.StreamResponse:
+        """Connection failures before the answer starts raise (the caller tries another replica). A break
+        of the replica's answer after it started ejects the replica and cuts the client's connection; a
+        client that leaves is not the replica's fault: the answer ends there and the replica stays."""
         assert self.session is not None
         url = backend.url + request.path_qs
+        sending = time.perf_counter()
         async with self.session.post(url, data=raw, headers=self._headers(request, route)) as upstream:
             response = web.StreamResponse(status=upstream.status, headers={
                 k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED})
             if upstream.content_length is not None and "chunked" not in upstream.headers.get("Transfer-Encoding", ""):
                 response.content_length = upstream.content_length
-            await response.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
+                await response.prepare(request)
+                first = True
+                while chunk := await self._read(upstream, request, route, backend):
+                    read = time.perf_counter()
                     await response.write(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
-                self.state.ejected[backend.url] = time.monotonic() + EJECT_SECONDS
-                # Cut the client's connection too, without the last chunk: a clean end would pass a cut
-                # answer off as a whole one (the client's HTTP library raises on it instead).
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
+                    if first:
+                        # The gateway's own share of the first token's way: before the request left, and
+                        # from the replica's first bytes to the client's socket.
+                        m.ADDED_SECONDS.labels(route.model).observe((sending - received) + (time.perf_counter() - read))
+                        first = False
+                await response.write_eof()
+            except _CutByReplica:
+                pass
+            except ConnectionResetError:
+                # The client left (aiohttp raises ClientConnectionResetError, a ConnectionResetError):
+                # leaving `async with` closes the replica's connection, so vLLM stops generating.
+                m.CLIENT_GONE.labels(route.model).inc()
             return response
+
+    async def _read(self, upstream: aiohttp.ClientResponse, request: web.Request, route: Route,
+                    backend: Backend) -> bytes:
+        try:
+            return await upstream.content.readany()
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+            self.state.ejected[backend.url] = time.monotonic() + EJECT_SECONDS
+            m.UPSTREAM_FAILURES.labels(route.model, "mid-answer").inc()
+            # Cut the client's connection too, without the last chunk: a clean end would pass a cut
+            # answer off as a whole one (the client's HTTP library raises on it instead).
+            if request.transport is not None:
+                request.transport.abort()
+            raise _CutByReplica from None
+
+
+class _CutByReplica(Exception):
+    """The replica broke off its answer (it is ejected; the client's connection is cut)."""
 
 
 def _json(raw: bytes) -> dict[str, Any] | None:
@@ -166,5 +203,9 @@ def _json(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _error(error: errors.GatewayError) -> web.Response:
+def _error(error: errors.GatewayError, model: str = "", counted: bool = True) -> web.Response:
+    """counted=False: handle() counts the request itself (it was routed to a model)."""
+    m.ERRORS.labels(model, error.code).inc()
+    if counted:
+        m.REQUESTS.labels(model, str(error.status)).inc()
     return web.Response(status=error.status, body=error.body(), headers=error.headers())

@@ -79,8 +79,12 @@ def backends_by_instance(pods: Iterable[Manifest]) -> dict[tuple[str, str], tupl
 
 
 def _why_not_ready(status: Manifest) -> tuple[str, str]:
-    """The reason and message of the condition that explains the phase: the first False one of these."""
+    """The reason and message of the condition that explains the phase: Degraded when it is True (what
+    is wrong: PodsUnschedulable, CrashLoopBackOff ...), else the first False one of the others."""
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    degraded = conditions.get("Degraded") or {}
+    if degraded.get("status") == "True":
+        return str(degraded.get("reason") or ""), str(degraded.get("message") or "")
     for kind in ("ModelReady", "Available", "Progressing"):
         cond = conditions.get(kind)
         if cond and cond.get("status") != "True":
@@ -130,3 +134,17 @@ def routing_table(gemmas: Iterable[Manifest], pods: Iterable[Manifest]) -> Table
                 continue
             routes[route.model] = route
     return Table(routes, {k: tuple(v) for k, v in conflicts.items()})
+
+
+def static_table(specs: Iterable[str], policy: str = PREFIX_HASH) -> Table:
+    """A table from `model=http://host:port[,http://host:port...]` specs, without a cluster: for the
+    benchmark (bench/gateway.py) and for trying the gateway against servers started by hand."""
+    routes: dict[str, Route] = {}
+    for spec in specs:
+        model, sep, urls = spec.partition("=")
+        if not sep or not model or not urls:
+            raise ValueError(f"--static-route {spec!r}: expected model=http://host:port[,http://host:port]")
+        backends = tuple(Backend(f"{model}-{i}", url.rstrip("/")) for i, url in enumerate(urls.split(",")))
+        routes[model] = Route(model=model, namespace="", deployment=model, backends=backends,
+                              phase="Ready", reason="", message="", policy=policy)
+    return Table(routes)
