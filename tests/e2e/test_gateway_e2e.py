@@ -10,9 +10,7 @@ proven here; the gateway in front of real vLLM pods is tests/node/test_gateway.p
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,29 +70,16 @@ def test_with_a_gateway_servers_admit_only_it_and_without_one_the_operators_poli
 
 @pytest.fixture
 def gateway(crd: kube.Cluster, namespace: str, tmp_path: Path) -> Iterator[str]:
-    port, http_port = free_port(), free_port()
-    log = open(tmp_path / "gateway.log", "ab")  # noqa: SIM115 - closed by the child's exit
-    proc = subprocess.Popen([sys.executable, "-m", "gemma_operator.gateway", "--namespace", namespace, "--no-auth",
-                             "--port", str(port), "--http-port", str(http_port)],
-                            env=os.environ | {"KUBECONFIG": crd.kubeconfig}, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=REPO)
+    """The gateway process; healthy once /healthz answers, which it does only once its table is listed."""
+    port = free_port()
+    proc = OperatorProcess(crd.kubeconfig, tmp_path / "gateway.log", module="gemma_operator.gateway",
+                           args=["--namespace", namespace, "--no-auth", "--port", str(port)]).start()
     try:
-        wait_for(lambda: _status(f"http://127.0.0.1:{http_port}/healthz") == 200, timeout=30,
-                 message="the gateway's /healthz (answered once its table is listed)")
         yield f"http://127.0.0.1:{port}"
+        proc.assert_running()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-    text = (tmp_path / "gateway.log").read_text()
-    assert "Traceback" not in text, text[-4000:]
-
-
-def _status(url: str) -> int:
-    try:
-        return requests.get(url, timeout=2).status_code
-    except requests.RequestException:
-        return 0
+        proc.stop()
+    assert "Traceback" not in proc.log(), proc.log()[-4000:]
 
 
 def test_the_gateway_routes_by_what_the_api_server_holds(

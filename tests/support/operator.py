@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """`python -m gemma_operator` with its output in a log file; stopped with SIGTERM (or SIGKILL)."""
+    """`python -m gemma_operator` (or another module of the package, e.g. gemma_operator.gateway) with
+    its output in a log file; healthy once its /healthz answers; stopped with SIGTERM (or SIGKILL)."""
 
     def __init__(
         self,
@@ -30,7 +31,9 @@ class OperatorProcess:
         log_path: Path,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        module: str = "gemma_operator",
     ) -> None:
+        self.module = module
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.args = args or []
@@ -49,7 +52,7 @@ class OperatorProcess:
             [
                 sys.executable,
                 "-m",
-                "gemma_operator",
+                self.module,
                 "--http-port",
                 str(self.port),
                 *self.args,

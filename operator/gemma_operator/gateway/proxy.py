@@ -71,10 +71,10 @@ class Gateway:
             return errors.missing_key()
         return grant_for(self.state.grants, key) or errors.wrong_key()
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: web.Request) -> web.StreamResponse:
         caller = self._caller(request)
         if isinstance(caller, errors.GatewayError):
-            return _error(caller)
+            return _counted("", _error(caller))
         data = [{"id": r.model, "object": "model", "owned_by": "gemma-operator", "root": r.parent or r.model,
                  "parent": r.parent, "ready": r.ready}
                 for r in sorted(self.state.table.routes.values(), key=lambda r: r.model)
@@ -82,31 +82,38 @@ class Gateway:
         return web.json_response({"object": "list", "data": data})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        label, response = await self._answer(request)
+        return _counted(label, response)
+
+    async def _answer(self, request: web.Request) -> tuple[str, web.StreamResponse]:
+        """The model label of the metrics (known names only) and the answer."""
         received = time.perf_counter()
         caller = self._caller(request)
         if isinstance(caller, errors.GatewayError):
-            return _error(caller)
+            return "", _error(caller)
         if request.method != "POST" or not request.path.startswith(MODEL_ROUTES):
-            return _error(errors.not_found(request.path))
+            return "", _error(errors.not_found(request.path))
         raw = await request.read()
         body = _json(raw)
         model = body.get("model") if body else None
         if not isinstance(model, str) or not model:
-            return _error(errors.no_model(request.path))
+            return "", _error(errors.no_model(request.path))
         route = self.state.table.routes.get(model)
         label = model if route is not None else m.UNKNOWN
-        allowed = sorted(name for name in self.state.table.routes if caller is None or caller.allows(name))
         if caller is not None and not caller.allows(model):
-            return _error(errors.model_not_allowed(model, allowed), label)
+            return label, _error(errors.model_not_allowed(model, self._allowed(caller)), label)
         if route is None:
-            return _error(errors.unknown_model(model, allowed), label)
-        m.IN_FLIGHT.labels(model).inc()
+            return label, _error(errors.unknown_model(model, self._allowed(caller)), label)
+        in_flight = m.IN_FLIGHT.labels(model)
+        in_flight.inc()
         try:
-            response = await self._forward(request, route, raw, prefix_key(body or {}), received)
+            return label, await self._forward(request, route, raw, prefix_key(body or {}), received)
         finally:
-            m.IN_FLIGHT.labels(model).dec()
-        m.REQUESTS.labels(model, str(response.status)).inc()
-        return response
+            in_flight.dec()
+
+    def _allowed(self, caller: Grant | None) -> list[str]:
+        """The models the caller may use, for an error that lists them (never on the way of a request)."""
+        return sorted(name for name in self.state.table.routes if caller is None or caller.allows(name))
 
     def _ejected(self) -> frozenset[str]:
         now = time.monotonic()
@@ -135,8 +142,8 @@ class Gateway:
                 self.balancer.finished(backend)
             return response
         if not route.backends:
-            return _error(errors.not_ready(route, RETRY_AFTER_SECONDS), route.model, counted=False)
-        return _error(errors.upstream_failed(route, detail), route.model, counted=False)
+            return _error(errors.not_ready(route, RETRY_AFTER_SECONDS), route.model)
+        return _error(errors.upstream_failed(route, detail), route.model)
 
     def _headers(self, request: web.Request, route: Route) -> dict[str, str]:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in DROPPED}
@@ -203,9 +210,11 @@ def _json(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _error(error: errors.GatewayError, model: str = "", counted: bool = True) -> web.Response:
-    """counted=False: handle() counts the request itself (it was routed to a model)."""
+def _error(error: errors.GatewayError, model: str = "") -> web.Response:
     m.ERRORS.labels(model, error.code).inc()
-    if counted:
-        m.REQUESTS.labels(model, str(error.status)).inc()
     return web.Response(status=error.status, body=error.body(), headers=error.headers())
+
+
+def _counted(model: str, response: web.StreamResponse) -> web.StreamResponse:
+    m.REQUESTS.labels(model, str(response.status)).inc()
+    return response
